@@ -1,0 +1,31 @@
+"""Packaging in nbdev 2's convention: everything comes from settings.ini."""
+from configparser import ConfigParser
+from setuptools import find_packages, setup
+
+settings = ConfigParser()
+settings.read("settings.ini", encoding="utf-8")
+cfg = settings["DEFAULT"]
+
+
+def requirements(key):
+    "A space-separated list from settings.ini."
+    return cfg.get(key, "").split()
+
+
+setup(
+    name=cfg["lib_name"],
+    version=cfg["version"],
+    description=cfg["description"],
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    author=cfg["author"],
+    author_email=cfg["author_email"],
+    license=cfg["license"],
+    keywords=cfg["keywords"],
+    url=cfg["git_url"],
+    packages=find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
+    python_requires=">=" + cfg["min_python"],
+    install_requires=requirements("requirements"),
+    extras_require={"dev": requirements("dev_requirements"), "bench": requirements("bench_requirements")},
+    zip_safe=False,
+)
