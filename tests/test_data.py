@@ -1,0 +1,135 @@
+"""exp.data: the embedded digits, and MNIST through the real download path on a loopback mirror."""
+import gzip, hashlib, http.server, shutil, socket, subprocess, sys, threading, warnings
+from functools import partial
+from pathlib import Path
+import pytest
+import torch
+from exp.data import (DatasetUnavailable, MNIST_FILES, dataset_name, fetch_mnist_file, get_data,
+                      image_size, load_digits, load_mnist, parse_idx)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+needs_mnist = pytest.mark.skipif(not SHARED_MNIST.exists(), reason=f"real MNIST files not at {SHARED_MNIST}")
+LABELS = "t10k-labels-idx1-ubyte.gz"
+
+
+def test_digits_shapes_types_range_and_fixed_split():
+    x_train, y_train, x_valid, y_valid = load_digits()
+    assert x_train.shape == (1438, 64) and x_valid.shape == (359, 64)
+    assert x_train.dtype == torch.float32 and y_train.dtype == torch.int64
+    assert 0 <= x_train.min() and x_train.max() == 1
+    from sklearn.datasets import load_digits as sklearn_digits
+    raw = sklearn_digits()
+    # train and valid partition the dataset exactly: every image appears once, with its label
+    everything = torch.cat([x_train, x_valid]) * 16
+    assert sorted(map(tuple, everything.tolist())) == sorted(map(tuple, raw.data.tolist()))
+    assert torch.equal(load_digits()[3], y_valid)
+
+
+def test_dataset_choice_from_environment(monkeypatch):
+    monkeypatch.setenv("EXP_DATASET", "digits")
+    assert dataset_name() == "digits" and image_size() == 8
+    assert get_data()[0].shape[1] == 64
+    monkeypatch.setenv("EXP_DATASET", "cifar")
+    with pytest.raises(ValueError, match="Unknown dataset 'cifar': choose one of digits, mnist"):
+        get_data()
+
+
+def test_parse_idx_reads_shape_and_rejects_other_formats():
+    content = b"\x00\x00\x08\x03" + b"".join(n.to_bytes(4, "big") for n in (2, 1, 3)) + bytes(range(6))
+    assert parse_idx(content).tolist() == [[[0, 1, 2]], [[3, 4, 5]]]
+    with pytest.raises(ValueError, match="not an IDX file"):
+        parse_idx(b"\x00\x00\x0d\x01" + (1).to_bytes(4, "big") + b"\x00" * 4)
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    "A loopback HTTP server; returns (folder it serves, base URL)."
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port_url():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+@needs_mnist
+def test_mnist_downloads_verifies_and_caches_through_a_mirror(mirror, tmp_path, monkeypatch):
+    served, url = mirror
+    for name in MNIST_FILES: shutil.copy(SHARED_MNIST / name, served / name)
+    monkeypatch.setenv("EXP_DATA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EXP_MNIST_MIRRORS", f"{closed_port_url()},{url}")  # the first mirror is down
+    monkeypatch.setenv("EXP_DATASET", "mnist")
+    x_train, y_train, x_valid, y_valid = get_data()
+    assert x_train.shape == (60000, 784) and x_valid.shape == (10000, 784)
+    assert y_train.shape == (60000,) and y_valid.shape == (10000,)
+    assert x_train.dtype == torch.float32 and y_train.dtype == torch.int64 and float(x_train.max()) == 1.0
+    cache = tmp_path / "home" / "mnist"
+    assert sorted(p.name for p in cache.iterdir()) == sorted(MNIST_FILES)  # no temp files left
+    for name in MNIST_FILES: assert (cache / name).read_bytes() == (SHARED_MNIST / name).read_bytes()
+    # A second load reads the cache, with every mirror gone
+    monkeypatch.setenv("EXP_MNIST_MIRRORS", closed_port_url())
+    assert torch.equal(get_data()[3], y_valid)
+    # The labels agree with an independent reading of the file
+    raw = gzip.decompress((SHARED_MNIST / LABELS).read_bytes())
+    assert y_valid.tolist() == list(raw[8:])
+
+
+@needs_mnist
+def test_corrupt_download_is_rejected_and_never_cached(mirror, tmp_path):
+    served, url = mirror
+    good = (SHARED_MNIST / LABELS).read_bytes()
+    (served / LABELS).write_bytes(good[: len(good) // 2])  # truncated
+    cache = tmp_path / "cache"
+    with pytest.raises(DatasetUnavailable) as error:
+        fetch_mnist_file(cache, LABELS, mirrors=[url])
+    assert "rejected, not a complete gzip file" in str(error.value)
+    assert not cache.exists() or list(cache.iterdir()) == []
+    # Valid gzip but the wrong content: caught by the checksum
+    (served / LABELS).write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + b"\x01\x02\x03"))
+    with pytest.raises(DatasetUnavailable, match="SHA-256"):
+        fetch_mnist_file(cache, LABELS, mirrors=[url])
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+@needs_mnist
+def test_corrupt_cached_file_is_replaced_by_a_verified_download(mirror, tmp_path):
+    served, url = mirror
+    shutil.copy(SHARED_MNIST / LABELS, served / LABELS)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / LABELS).write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="is corrupt"):
+        content = fetch_mnist_file(cache, LABELS, mirrors=[url])
+    assert hashlib.sha256(content).hexdigest() == MNIST_FILES[LABELS]
+    assert (cache / LABELS).read_bytes() == (SHARED_MNIST / LABELS).read_bytes()
+
+
+def test_offline_error_says_which_files_to_put_where(tmp_path):
+    with pytest.raises(DatasetUnavailable) as error:
+        load_mnist(folder=tmp_path / "mnist", mirrors=[closed_port_url()])
+    message = str(error.value)
+    assert "Could not get train-images-idx3-ubyte.gz from any mirror" in message
+    assert f"put the four files {', '.join(MNIST_FILES)} in {tmp_path / 'mnist'}/" in message
+    assert "EXP_DATASET=digits" in message
+    assert not (tmp_path / "mnist").exists() or list((tmp_path / "mnist").iterdir()) == []
+
+
+@needs_mnist
+def test_issue_command_prints_mnist_shapes():
+    "The check from the issue: read the shared files through EXP_DATA_HOME."
+    env = {"EXP_DATASET": "mnist", "EXP_DATA_HOME": str(SHARED_MNIST.parent), "PATH": "/usr/bin:/bin",
+           "EXP_MNIST_MIRRORS": closed_port_url()}
+    out = subprocess.run([sys.executable, "-c", "from exp.data import get_data; print([tuple(t.shape) for t in get_data()])"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.stdout.strip() == "[(60000, 784), (60000,), (10000, 784), (10000,)]", out.stderr
