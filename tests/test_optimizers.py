@@ -1,0 +1,138 @@
+"Our optimizers, step by step against torch.optim; state_dict round trips; parameter groups."
+import copy
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from exp.optimizers import Optimizer, SGD, Adam, AdamW, LAMB, sgd_step, L2Regularization, weight_decay_step
+from exp.testing import test_near, test_eq
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, 2, 1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 8, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 2 * 2, 10))
+
+def batches(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(16, 64, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(n)]
+
+def train(model, opt, data):
+    for xb, yb in data:
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step(); opt.zero_grad()
+
+def no_decay_groups(model):
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    return [{"params": decay}, {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0., "lr": 3e-3}]
+
+CASES = [
+    (lambda ps: SGD(ps, lr=0.1), lambda ps: torch.optim.SGD(ps, lr=0.1)),
+    (lambda ps: SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-2),
+     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-2)),
+    (lambda ps: AdamW(ps, lr=1e-2, weight_decay=0.1), lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1)),
+    (lambda ps: AdamW(ps, lr=3e-3, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.3),
+     lambda ps: torch.optim.AdamW(ps, lr=3e-3, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.3)),
+    (lambda ps: Adam(ps, lr=1e-2, weight_decay=1e-2), lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-2)),
+]
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("make_ours,make_theirs", CASES)
+def test_step_by_step_equals_torch(make_ours, make_theirs, grouped):
+    ours, theirs = small_cnn(), small_cnn()
+    params = no_decay_groups if grouped else (lambda m: m.parameters())
+    opt_a, opt_b = make_ours(params(ours)), make_theirs(params(theirs))
+    for xb, yb in batches(20):
+        train(ours, opt_a, [(xb, yb)]); train(theirs, opt_b, [(xb, yb)])
+        for p, q in zip(ours.parameters(), theirs.parameters()): test_near(p, q, atol=1e-6, rtol=1e-6)
+    assert any((p != q).any() for p, q in zip(ours.parameters(), small_cnn().parameters()))  # it did train
+
+def test_state_names_match_torch():
+    for make_ours, make_theirs in CASES[1:3]:
+        ours, theirs = small_cnn(), small_cnn()
+        opt_a, opt_b = make_ours(ours.parameters()), make_theirs(theirs.parameters())
+        train(ours, opt_a, batches(2)); train(theirs, opt_b, batches(2))
+        sa, sb = opt_a.state_dict(), opt_b.state_dict()
+        test_eq(sorted(sa["state"]), sorted(sb["state"]))
+        test_eq(sorted(sa["state"][0]), sorted(sb["state"][0]))
+        test_eq([g["params"] for g in sa["param_groups"]], [g["params"] for g in sb["param_groups"]])
+
+@pytest.mark.parametrize("make_opt", [lambda ps: SGD(ps, lr=0.05, momentum=0.9), lambda ps: AdamW(ps, lr=1e-2),
+                                      lambda ps: LAMB(ps, lr=1e-2, weight_decay=0.1)])
+def test_state_dict_round_trip_resumes_exactly(make_opt, tmp_path):
+    data = batches(12)
+    model = small_cnn(); opt = make_opt(model.parameters())
+    train(model, opt, data[:6])
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "checkpoint.pt")
+    train(model, opt, data[6:])
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    resumed = small_cnn(); resumed.load_state_dict(saved["model"])
+    resumed_opt = make_opt(resumed.parameters()); resumed_opt.load_state_dict(saved["opt"])
+    train(resumed, resumed_opt, data[6:])
+    for p, q in zip(model.parameters(), resumed.parameters()): test_eq(p, q)
+    fresh = small_cnn(); fresh.load_state_dict(saved["model"])
+    train(fresh, make_opt(fresh.parameters()), data[6:])
+    assert any((p != q).any() for p, q in zip(model.parameters(), fresh.parameters()))  # the state mattered
+
+def test_state_dict_is_a_copy_and_load_restores_hypers():
+    model = small_cnn(); opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train(model, opt, batches(2))
+    saved = opt.state_dict()
+    before = saved["state"][0]["momentum_buffer"].clone()
+    train(model, opt, batches(2, seed=1))
+    test_eq(saved["state"][0]["momentum_buffer"], before)
+    opt.param_groups[0]["lr"] = 7.
+    opt.load_state_dict(saved)
+    test_eq(opt.param_groups[0]["lr"], 0.1)
+    test_eq(opt.state[next(model.parameters())]["momentum_buffer"], before)
+    with pytest.raises(ValueError): SGD(list(model.parameters())[:2]).load_state_dict(saved)
+
+def test_param_groups_api():
+    model = small_cnn()
+    opt = AdamW(no_decay_groups(model), lr=1e-3, weight_decay=0.1)
+    test_eq([g["weight_decay"] for g in opt.param_groups], [0.1, 0.])
+    test_eq([g["lr"] for g in opt.param_groups], [1e-3, 3e-3])
+    assert set(opt.param_groups[0]) >= {"params", "lr", "betas", "eps", "weight_decay"}
+    with pytest.raises(ValueError): opt.add_param_group({"params": [next(model.parameters())]})
+    with pytest.raises(ValueError): SGD([])
+    extra = nn.Parameter(torch.ones(3))
+    opt.add_param_group({"params": extra, "lr": 5.})
+    test_eq(opt.param_groups[-1]["betas"], (0.9, 0.999))
+
+def test_zero_grad():
+    p = nn.Parameter(torch.ones(2)); p.grad = torch.ones(2)
+    opt = SGD([p]); opt.zero_grad(set_to_none=False); test_eq(p.grad, torch.zeros(2))
+    opt.zero_grad(); assert p.grad is None
+    opt.step()  # no gradient: nothing happens
+    test_eq(p.detach(), torch.ones(2))
+
+def test_l2_equals_decoupled_decay_for_plain_sgd():
+    a, b = nn.Parameter(torch.tensor([1., -2.])), nn.Parameter(torch.tensor([1., -2.]))
+    opt_a = Optimizer([a], [sgd_step], [L2Regularization()], lr=0.1, weight_decay=0.5)
+    opt_b = Optimizer([b], [weight_decay_step, sgd_step], lr=0.1, weight_decay=0.5)
+    for _ in range(5):
+        for p, opt in ((a, opt_a), (b, opt_b)):
+            p.grad = torch.tensor([0.3, 0.1]); opt.step()
+    test_near(a, b, atol=1e-6)
+
+def test_lamb_moves_each_tensor_by_lr_times_its_norm():
+    torch.manual_seed(0)
+    ws = [nn.Parameter(torch.randn(20, 10)), nn.Parameter(torch.randn(10) * 0.01)]
+    before = [w.detach().clone() for w in ws]
+    opt = LAMB(ws, lr=0.01, weight_decay=0.1)
+    for w, scale in zip(ws, (1., 1000.)): w.grad = torch.randn(w.shape) * scale
+    opt.step()
+    for w, b in zip(ws, before): test_near((w.detach() - b).norm() / b.norm(), torch.tensor(0.01), atol=1e-6)
+
+def test_lamb_first_step_formula():
+    "One LAMB step written out by hand: after one step the bias-corrected averages are g and g²."
+    p = nn.Parameter(torch.tensor([3., -4.])); g = torch.tensor([0.5, 2.])
+    start = p.detach().clone()
+    p.grad = g.clone()
+    LAMB([p], lr=0.1, eps=1e-6, weight_decay=0.2).step()
+    r = g / (g.abs() + 1e-6) + 0.2 * start
+    test_near(p, start - 0.1 * start.norm() / r.norm() * r, atol=1e-6)
+
+def test_adam_bias_correction_first_step_is_lr_sign():
+    p = nn.Parameter(torch.tensor([1., 1., 1.])); p.grad = torch.tensor([1e-3, -5., 100.])
+    Adam([p], lr=0.1, eps=0.).step()
+    test_near(p, torch.tensor([0.9, 1.1, 0.9]), atol=1e-6)
