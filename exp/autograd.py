@@ -36,7 +36,7 @@ def as_data(x, like=None, cache=False):
     if isinstance(x, torch.Tensor): return x.detach() if x.requires_grad else x
     if isinstance(x, (np.ndarray, np.generic)):
         if x.dtype.kind not in "biuf":
-            raise TypeError(f"cannot make a tensor from a numpy {type(x).__name__} of dtype {x.dtype}")
+            raise TypeError(f"cannot make a tensor from a numpy {type(x).__name__} of {x.dtype.type.__name__} (dtype {x.dtype})")
         return torch.from_numpy(np.array(x))  # a copy: the Variable owns its data
     if isinstance(x, (bool, int, float)):
         keep = like is not None and (like.is_floating_point() or not isinstance(x, float))
@@ -92,15 +92,15 @@ class Variable:
         text = repr(self.data).replace("tensor(", "variable(", 1).replace("\n", "\n  ")
         return text if self.name is None else f"{text[:-1]}, name={self.name!r})"
 
-    def __add__(self, other): return add(self, other)
-    def __radd__(self, other): return add(other, self)
-    def __sub__(self, other): return sub(self, other)
-    def __rsub__(self, other): return sub(other, self)
-    def __mul__(self, other): return mul(self, other)
-    def __rmul__(self, other): return mul(other, self)
-    def __truediv__(self, other): return div(self, other)
-    def __rtruediv__(self, other): return div(other, self)
-    def __neg__(self): return neg(self)
+    def __add__(self, other): return Add()(self, other)
+    def __radd__(self, other): return Add()(other, self)
+    def __sub__(self, other): return Sub()(self, other)
+    def __rsub__(self, other): return Sub()(other, self)
+    def __mul__(self, other): return Mul()(self, other)
+    def __rmul__(self, other): return Mul()(other, self)
+    def __truediv__(self, other): return Div()(self, other)
+    def __rtruediv__(self, other): return Div()(other, self)
+    def __neg__(self): return Neg()(self)
     def __pow__(self, exponent): return pow(self, exponent)
     def __rpow__(self, base): return pow(base, self)
     def __matmul__(self, other): return matmul(self, other)
@@ -126,6 +126,10 @@ class Variable:
         "Accumulate d(self)/d(leaf) into every leaf's `.grad`; see the notebook for the walk."
         return _backward(self, grad, retain_grad, create_graph)
 
+def _plain(x, inputs):
+    "An argument of plain tensor math as a tensor, numbers taking the dtype of the first tensor argument."
+    return as_data(x, next((t for t in inputs if isinstance(t, torch.Tensor)), None), cache=True)
+
 def _output(data, creator, generation):
     "A Variable made by a function call (skips the input checks of `Variable.__init__`)."
     v = object.__new__(Variable)
@@ -138,32 +142,42 @@ class Function:
     "An operation: `forward` computes on tensors, `backward` turns output gradients into input gradients."
     generation = 0
     def __call__(self, *inputs):
-        like = next((x.data for x in inputs if isinstance(x, Variable)), None)
+        like = None
+        for x in inputs:
+            if isinstance(x, Variable): like = x.data; break
         if like is None:  # no Variable: plain tensor math, nothing to record
-            like = next((x for x in inputs if isinstance(x, torch.Tensor)), None)
-            return self._forward([as_data(x, like, cache=True) for x in inputs])
-        inputs = [x if isinstance(x, Variable) else Variable(as_data(x, like, cache=True), requires_grad=False) for x in inputs]
-        ys = self._forward([x.data for x in inputs])
-        single = not isinstance(ys, tuple)
-        if Config.enable_backprop and any(x.requires_grad for x in inputs):
-            self.inputs = inputs
-            self.generation = max(x.generation for x in inputs)
-            if single:
-                output = _output(ys, self, self.generation + 1)
-                self.outputs = (weakref.ref(output),)
-                return output
-            outputs = tuple(_output(y, self, self.generation + 1) for y in ys)
-            self.outputs = tuple(weakref.ref(o) for o in outputs)
-            self.output_specs = [(y.shape, y.dtype) for y in ys]  # to make zero gradients for unused outputs
-            return outputs
-        return _output(ys, None, 0) if single else tuple(_output(y, None, 0) for y in ys)
+            return self._forward([x if type(x) is torch.Tensor and not x.requires_grad else _plain(x, inputs) for x in inputs])
+        variables, xs, record, generation = [], [], False, 0
+        for x in inputs:
+            if not isinstance(x, Variable): x = _output(as_data(x, like, cache=True), None, 0)  # a constant
+            variables.append(x); xs.append(x.data)
+            if x.requires_grad:
+                record = True
+                if x.generation > generation: generation = x.generation
+        try: ys = self.forward(*xs)
+        except RuntimeError as e: raise self._shape_error(xs, e) from None
+        single = type(ys) is not tuple
+        if not (record and Config.enable_backprop):
+            return _output(ys, None, 0) if single else tuple(_output(y, None, 0) for y in ys)
+        self.inputs, self.generation = variables, generation
+        if single:
+            output = _output(ys, self, generation + 1)
+            self.outputs = (weakref.ref(output),)
+            return output
+        outputs = tuple(_output(y, self, generation + 1) for y in ys)
+        self.outputs = tuple(weakref.ref(o) for o in outputs)
+        self.output_specs = [(y.shape, y.dtype) for y in ys]  # to make zero gradients for unused outputs
+        return outputs
 
     def _forward(self, xs):
-        "Run `forward`, turning torch's shape errors into messages that name every shape."
+        "Run `forward` on tensors."
         try: return self.forward(*xs)
-        except RuntimeError as e:
-            shapes = " and ".join(str(tuple(x.shape)) for x in xs)
-            raise ValueError(f"{type(self).__name__}: cannot apply to shapes {shapes} ({e})") from None
+        except RuntimeError as e: raise self._shape_error(xs, e) from None
+
+    def _shape_error(self, xs, error):
+        "torch's error, as a message that names every input shape."
+        shapes = " and ".join(str(tuple(x.shape)) for x in xs)
+        return ValueError(f"{type(self).__name__}: cannot apply to shapes {shapes} ({error})")
 
     def forward(self, *xs): raise NotImplementedError
     def backward(self, *grads_and_inputs): raise NotImplementedError
@@ -200,23 +214,36 @@ def _backward(root, grad, retain_grad, create_graph):
         if not isinstance(g, Variable): g = _output(g, None, 0)
         leaf.grad = g if leaf.grad is None else leaf.grad + g
 
+def _keep_grad(y, gy):
+    "Store (accumulate) a gradient on a Variable's `.grad`."
+    g = gy if isinstance(gy, Variable) else _output(gy, None, 0)
+    y.grad = g if y.grad is None else y.grad + g
+
+def _output_grads(f, grads, retain_grad, create_graph):
+    "The gradients of a multi-output function's outputs, zeros for those that received none."
+    gys = []
+    for ref, (shape, dtype) in zip(f.outputs, f.output_specs):
+        y = ref()
+        gy = None if y is None else grads.pop(id(y), None)
+        if gy is None:
+            gy = torch.zeros(shape, dtype=dtype)
+            if create_graph: gy = _output(gy, None, 0)
+        elif y.retains_grad or retain_grad: _keep_grad(y, gy)
+        gys.append(gy)
+    return gys
+
 def _walk(root, grads, leaves, retain_grad, create_graph):
     "Run each function's backward in decreasing generation, summing the gradients of reused variables."
     order = itertools.count()  # ties in generation break by first-come, never by comparing functions
-    pending, seen = [(-root.creator.generation, next(order), root.creator)], {id(root.creator)}
+    pending, seen = [(-root.creator.generation, next(order), root.creator)], {root.creator}
     with using_config("enable_backprop", create_graph):
         while pending:
             f = heapq.heappop(pending)[2]
-            outputs = [ref() for ref in f.outputs]
-            gys = [None if y is None else grads.pop(id(y), None) for y in outputs]
-            for i, (y, gy) in enumerate(zip(outputs, gys)):
-                if gy is None:  # an unused output of a multi-output function
-                    shape, dtype = f.output_specs[i]
-                    gy = gys[i] = torch.zeros(shape, dtype=dtype)
-                    if create_graph: gy = gys[i] = Variable(gy, requires_grad=False)
-                elif y.retains_grad or retain_grad:
-                    g = gy if isinstance(gy, Variable) else _output(gy, None, 0)
-                    y.grad = g if y.grad is None else y.grad + g
+            if len(f.outputs) == 1:  # the common case, kept short
+                y = f.outputs[0]()
+                gys = (grads.pop(id(y)),)
+                if y.retains_grad or retain_grad: _keep_grad(y, gys[0])
+            else: gys = _output_grads(f, grads, retain_grad, create_graph)
             xs = f.inputs if create_graph else [x.data for x in f.inputs]
             gxs = f.backward(*gys, *xs)
             if not isinstance(gxs, tuple): gxs = (gxs,)
@@ -226,8 +253,8 @@ def _walk(root, grads, leaves, retain_grad, create_graph):
                 old = grads.get(key)
                 grads[key] = gx if old is None else old + gx
                 if x.creator is None: leaves[key] = x
-                elif id(x.creator) not in seen:
-                    seen.add(id(x.creator))
+                elif x.creator not in seen:
+                    seen.add(x.creator)
                     heapq.heappush(pending, (-x.creator.generation, next(order), x.creator))
 
 # %% nbs/02c_autograd.ipynb cell 22
@@ -350,10 +377,10 @@ class SumTo(Function):
     def forward(self, x): return x.sum_to_size(self.shape)
     def backward(self, gy, x): return broadcast_to(gy, x.shape)
 
-def reshape(x, shape): return x if tuple(_tensor(x).shape) == tuple(shape) else Reshape(shape)(x)
+def reshape(x, shape): return x if _tensor(x).shape == tuple(shape) else Reshape(shape)(x)
 def transpose(x, axes=None): return Transpose(axes)(x)
-def broadcast_to(x, shape): return x if _tensor(x).shape == tuple(shape) else BroadcastTo(shape)(x)
-def sum_to(x, shape): return x if _tensor(x).shape == tuple(shape) else SumTo(shape)(x)
+def broadcast_to(x, shape): return x if _tensor(x).shape == shape else BroadcastTo(shape)(x)
+def sum_to(x, shape): return x if _tensor(x).shape == shape else SumTo(shape)(x)
 
 # %% nbs/02c_autograd.ipynb cell 28
 def _keepdims_shape(shape, axis):

@@ -1,0 +1,217 @@
+#!/usr/bin/env python
+"""Our autograd engine (exp.autograd) vs DeZero vs torch.autograd, measured in one run.
+
+    python benchmarks/autograd.py [--rounds 9] [--inner 3]
+
+Three workloads:
+  (a) chain:  a 2,000-op scalar chain (sin and *1.01, alternating), forward + backward, float64
+  (b) mlp:    one SGD training step of a 784-1000-10 ReLU MLP on a batch of 100 (cross-entropy)
+  (c) grad2:  the second derivative of a 100-op scalar expression (backward with create_graph, twice)
+
+Each library runs in its own worker process (torch's and numpy's thread pools never share a
+process); the parent asks the workers in turn, round after round (interleaved, rotating who goes
+first), and quotes medians and the median of per-round ratios. DeZero 0.0.13 from PyPI needs
+`np.int = int` on numpy 2, where it silently computes its MLP in float64 (its weight init multiplies
+a float32 array by a numpy float64 scalar): we time it as installed and with float32 weights and data
+(dtype-matched). Prints a markdown table.
+"""
+import argparse, json, os, platform, statistics, subprocess, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAIN_OPS, EXPR_OPS, BATCH, SIZES = 2000, 100, 100, (784, 1000, 10)
+
+
+# ---------------------------------------------------------------- workers: one library each
+def ours_cases():
+    import torch
+    sys.path.insert(0, str(ROOT))
+    from exp.autograd import Variable, Sequential, Linear, SGD, relu, sin, softmax_cross_entropy
+
+    def chain():
+        x = Variable(torch.tensor(0.5, dtype=torch.float64))
+        y = x
+        for i in range(CHAIN_OPS): y = y * 1.01 if i % 2 else sin(y)
+        y.backward()
+        return x.grad.data.item()
+
+    def grad2():
+        x = Variable(torch.tensor(0.5, dtype=torch.float64))
+        y = x
+        for i in range(EXPR_OPS): y = y * x if i % 2 else sin(y)
+        y.backward(create_graph=True)
+        gx = x.grad
+        x.cleargrad()
+        gx.backward()
+        return x.grad.data.item()
+
+    def mlp_case(dtype):
+        torch.manual_seed(0)
+        model = Sequential(Linear(SIZES[0], SIZES[1], dtype=dtype), relu, Linear(SIZES[1], SIZES[2], dtype=dtype))
+        opt = SGD(model.parameters(), lr=0.1)
+        x, t = torch.rand(BATCH, SIZES[0], dtype=dtype), torch.randint(0, SIZES[2], (BATCH,))
+        def step():
+            loss = softmax_cross_entropy(model(x), t)
+            opt.zero_grad(); loss.backward(); opt.step()
+            return loss.data.item()
+        return step
+    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(torch.float32)}
+
+
+def torch_cases():
+    import torch
+    import torch.nn.functional as F
+
+    def chain():
+        x = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+        y = x
+        for i in range(CHAIN_OPS): y = y * 1.01 if i % 2 else torch.sin(y)
+        y.backward()
+        return x.grad.item()
+
+    def grad2():
+        x = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+        y = x
+        for i in range(EXPR_OPS): y = y * x if i % 2 else torch.sin(y)
+        gx, = torch.autograd.grad(y, x, create_graph=True)
+        gx.backward()
+        return x.grad.item()
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(SIZES[0], SIZES[1]), torch.nn.ReLU(), torch.nn.Linear(SIZES[1], SIZES[2]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, t = torch.rand(BATCH, SIZES[0]), torch.randint(0, SIZES[2], (BATCH,))
+    def mlp():
+        loss = F.cross_entropy(model(x), t)
+        opt.zero_grad(); loss.backward(); opt.step()
+        return loss.item()
+    return {"chain": chain, "grad2": grad2, "mlp": mlp}
+
+
+def dezero_cases():
+    import numpy as np
+    np.int = int  # dezero 0.0.13 still uses the alias numpy 2 removed
+    import dezero, dezero.functions as F
+    from dezero import Variable, models, optimizers
+
+    def chain():
+        x = Variable(np.array(0.5))
+        y = x
+        for i in range(CHAIN_OPS): y = y * 1.01 if i % 2 else F.sin(y)
+        y.backward()
+        return float(x.grad.data)
+
+    def grad2():
+        x = Variable(np.array(0.5))
+        y = x
+        for i in range(EXPR_OPS): y = y * x if i % 2 else F.sin(y)
+        y.backward(create_graph=True)
+        gx = x.grad
+        x.cleargrad()
+        gx.backward()
+        return float(x.grad.data)
+
+    def mlp_case(float32):
+        np.random.seed(0)
+        model = models.MLP((SIZES[1], SIZES[2]), activation=F.relu)
+        opt = optimizers.SGD(lr=0.1).setup(model)
+        x = np.random.rand(BATCH, SIZES[0]).astype(np.float32)
+        t = np.random.randint(0, SIZES[2], BATCH)
+        model(x)  # dezero creates its weights at the first call
+        if float32:
+            for p in model.params(): p.data = p.data.astype(np.float32)
+        def step():
+            loss = F.softmax_cross_entropy(model(x), t)
+            model.cleargrads(); loss.backward(); opt.update()
+            return float(loss.data)
+        step.dtype = str(next(iter(model.params())).data.dtype)
+        return step
+    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(False), "mlp-f32": mlp_case(True)}
+
+
+def worker(library, inner):
+    "Serve timing requests on stdin/stdout: one JSON line in (a case name), one out (seconds)."
+    cases = {"ours": ours_cases, "torch": torch_cases, "dezero": dezero_cases}[library]()
+    for f in cases.values(): f(); f()  # warm up
+    info = {"threads": threads_info(library)}
+    if "mlp" in cases and hasattr(cases["mlp"], "dtype"): info["mlp_dtype"] = cases["mlp"].dtype
+    print(json.dumps({"ready": sorted(cases), **info}), flush=True)
+    for line in sys.stdin:
+        name = json.loads(line)
+        times = []
+        for _ in range(inner):
+            start = time.perf_counter(); cases[name](); times.append(time.perf_counter() - start)
+        print(json.dumps(statistics.median(times)), flush=True)
+
+
+def threads_info(library):
+    if library == "dezero":
+        return os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "numpy default"
+    import torch
+    return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------- parent: interleave, summarise
+class Worker:
+    def __init__(self, library, inner):
+        self.library = library
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", library, "--inner", str(inner)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        self.info = json.loads(self.proc.stdout.readline())
+
+    def time(self, case):
+        self.proc.stdin.write(json.dumps(case) + "\n"); self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close(); self.proc.wait()
+
+
+CONTENDERS = {  # column -> (library, case) for each workload
+    "chain": [("ours", "chain"), ("dezero", "chain"), ("torch", "chain")],
+    "mlp": [("ours", "mlp"), ("dezero", "mlp"), ("dezero", "mlp-f32"), ("torch", "mlp")],
+    "grad2": [("ours", "grad2"), ("dezero", "grad2"), ("torch", "grad2")],
+}
+LABELS = {("dezero", "mlp"): "dezero (as installed: float64)", ("dezero", "mlp-f32"): "dezero (float32, dtype-matched)"}
+TITLES = {"chain": f"(a) {CHAIN_OPS:,}-op scalar chain, forward + backward (float64)",
+          "mlp": f"(b) one training step, MLP {'-'.join(map(str, SIZES))}, batch {BATCH} (float32)",
+          "grad2": f"(c) second derivative of a {EXPR_OPS}-op scalar expression (float64)"}
+
+
+def main(rounds, inner):
+    import torch
+    workers = {lib: Worker(lib, inner) for lib in ("ours", "dezero", "torch")}
+    times = {w: {c: [] for c in CONTENDERS[w]} for w in CONTENDERS}
+    try:
+        for r in range(rounds):
+            for workload, contenders in CONTENDERS.items():
+                order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]  # rotate who goes first
+                for lib, case in order: times[workload][(lib, case)].append(workers[lib].time(case))
+    finally:
+        for w in workers.values(): w.close()
+    print(f"# Autograd engines: exp.autograd vs DeZero vs torch.autograd\n")
+    print(f"Machine: {platform.machine()} {os.cpu_count()}-core CPU ({platform.processor() or platform.platform()}), "
+          f"load average before the run {os.getloadavg()[0]:.1f}; Python {platform.python_version()}, torch {torch.__version__}, "
+          f"threads: ours {workers['ours'].info['threads']}, torch {workers['torch'].info['threads']}, "
+          f"dezero {workers['dezero'].info['threads']} (dezero's MLP computes in {workers['dezero'].info.get('mlp_dtype')} as installed).")
+    print(f"{rounds} interleaved rounds, each timing the median of {inner} runs; medians over rounds; "
+          f"ratios are medians of per-round ratios (< 1 means ours is faster).\n")
+    for workload, contenders in CONTENDERS.items():
+        ours = times[workload][("ours", workload)]
+        print(f"## {TITLES[workload]}\n")
+        print("| engine | median ms | ours / this |\n|---|---:|---:|")
+        for key in contenders:
+            label = LABELS.get(key, "exp.autograd (ours)" if key[0] == "ours" else "torch.autograd" if key[0] == "torch" else "dezero 0.0.13")
+            ratio = statistics.median(o / t for o, t in zip(ours, times[workload][key]))
+            print(f"| {label} | {statistics.median(times[workload][key]) * 1e3:.2f} | {ratio:.2f} |")
+        print()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--inner", type=int, default=3)
+    parser.add_argument("--worker", choices=["ours", "torch", "dezero"])
+    args = parser.parse_args()
+    if args.worker: worker(args.worker, args.inner)
+    else: main(args.rounds, args.inner)

@@ -1,0 +1,326 @@
+"""Tests for exp.autograd: every operation against torch.autograd (float64) and central differences,
+higher-order derivatives against torch, the engine's graph handling, and its error messages."""
+import gc, sys, weakref
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from exp.autograd import (Variable, Function, no_grad, using_config, Config, numerical_grad, exp, log, sin, cos, tanh,
+                          sigmoid, relu, reshape, transpose, broadcast_to, sum_to, matmul, linear, getitem, clip, softmax,
+                          log_softmax, softmax_cross_entropy, mse, concat, split, dot_graph, Sequential, Linear, SGD)
+from exp.testing import test_near, test_eq
+
+torch.set_num_threads(1)
+LABELS = torch.tensor([1, 0, 4])
+# name: (ours, torch's, input shapes[, positive inputs])
+OPS = {
+    "add_broadcast": (lambda a, b: a + b, lambda a, b: a + b, [(3, 1), (4,)]),
+    "radd_number": (lambda a: 2.5 + a, lambda a: 2.5 + a, [(3,)]),
+    "sub_broadcast": (lambda a, b: a - b, lambda a, b: a - b, [(2, 3), (2, 1)]),
+    "rsub_number": (lambda a: 1 - a, lambda a: 1 - a, [(3,)]),
+    "mul_broadcast": (lambda a, b: a * b, lambda a, b: a * b, [(2, 3), (3,)]),
+    "rmul_number": (lambda a: 3 * a, lambda a: 3 * a, [(3,)]),
+    "div_broadcast": (lambda a, b: a / b, lambda a, b: a / b, [(2, 3), (2, 1)], True),
+    "rtruediv_number": (lambda a: 2 / a, lambda a: 2 / a, [(3,)], True),
+    "neg": (lambda a: -a, lambda a: -a, [(3,)]),
+    "pow_number": (lambda a: a ** 3, lambda a: a ** 3, [(4,)]),
+    "pow_variable": (lambda a, b: a ** b, lambda a, b: a ** b, [(4,), (4,)], True),
+    "rpow": (lambda a: 2 ** a, lambda a: 2 ** a, [(4,)]),
+    "exp": (exp, torch.exp, [(4,)]), "log": (log, torch.log, [(4,)], True),
+    "sin": (sin, torch.sin, [(4,)]), "cos": (cos, torch.cos, [(4,)]),
+    "tanh": (tanh, torch.tanh, [(4,)]), "sigmoid": (sigmoid, torch.sigmoid, [(4,)]),
+    "relu": (relu, torch.relu, [(6,)]),
+    "reshape": (lambda a: a.reshape(3, 2), lambda a: a.reshape(3, 2), [(2, 3)]),
+    "reshape_fn": (lambda a: reshape(a, (6,)), lambda a: a.reshape(6), [(2, 3)]),
+    "transpose_axes": (lambda a: a.transpose(2, 0, 1), lambda a: a.permute(2, 0, 1), [(2, 3, 4)]),
+    "transpose_T": (lambda a: a.T, lambda a: a.T, [(2, 3)]),
+    "sum_all": (lambda a: a.sum(), lambda a: a.sum(), [(2, 3)]),
+    "sum_axis_keepdims": (lambda a: a.sum(1, True), lambda a: a.sum(1, keepdim=True), [(3, 4)]),
+    "sum_axes": (lambda a: a.sum((0, 2)), lambda a: a.sum((0, 2)), [(2, 3, 4)]),
+    "broadcast_to": (lambda a: broadcast_to(a, (2, 3, 4)), lambda a: a.broadcast_to(2, 3, 4), [(3, 1)]),
+    "sum_to": (lambda a: sum_to(a, (3, 1)), lambda a: a.sum_to_size(3, 1), [(2, 3, 4)]),
+    "matmul": (lambda a, b: a @ b, lambda a, b: a @ b, [(3, 4), (4, 2)]),
+    "matmul_batched": (matmul, torch.matmul, [(2, 3, 4), (4, 5)]),
+    "matmul_vector": (matmul, torch.matmul, [(3, 4), (4,)]),
+    "rmatmul_tensor": (lambda a: torch.ones(2, 3, dtype=torch.float64) @ a, lambda a: torch.ones(2, 3, dtype=torch.float64) @ a, [(3, 4)]),
+    "linear": (linear, F.linear, [(5, 4), (3, 4), (3,)]),
+    "linear_no_bias": (linear, F.linear, [(2, 5, 4), (3, 4)]),
+    "getitem_slice": (lambda a: a[1:, ::2], lambda a: a[1:, ::2], [(3, 4)]),
+    "getitem_repeated": (lambda a: a[[0, 0, 2]], lambda a: a[[0, 0, 2]], [(3, 4)]),
+    "getitem_fn": (lambda a: getitem(a, (slice(None), 1)), lambda a: a[:, 1], [(3, 4)]),
+    "max_axis": (lambda a: a.max(0), lambda a: a.amax(0), [(3, 4)]),
+    "max_all_keepdims": (lambda a: a.max(None, True), lambda a: a.amax((0, 1), keepdim=True), [(3, 4)]),
+    "min_axis": (lambda a: a.min(1, True), lambda a: a.amin(1, keepdim=True), [(3, 4)]),
+    "clip": (lambda a: clip(a, -0.5, 0.5), lambda a: a.clamp(-0.5, 0.5), [(8,)]),
+    "softmax": (softmax, lambda a: torch.softmax(a, 1), [(3, 5)]),
+    "softmax_axis0": (lambda a: softmax(a, 0), lambda a: torch.softmax(a, 0), [(3, 5)]),
+    "log_softmax": (log_softmax, lambda a: torch.log_softmax(a, 1), [(3, 5)]),
+    "softmax_cross_entropy": (lambda a: softmax_cross_entropy(a, LABELS), lambda a: F.cross_entropy(a, LABELS), [(3, 5)]),
+    "mse": (mse, F.mse_loss, [(4, 3), (4, 3)]),
+    "concat": (lambda a, b: concat([a, b], 1), lambda a, b: torch.cat([a, b], 1), [(2, 3), (2, 2)]),
+    "split_first": (lambda a: split(a, [1, 2], 1)[1], lambda a: torch.split(a, [1, 2], 1)[1], [(2, 3)]),
+}
+
+
+def inputs_for(shapes, positive, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    return [x.abs() + 0.5 for x in xs] if positive else xs
+
+
+def spec(name):
+    ours, theirs, shapes, *rest = OPS[name]
+    return ours, theirs, inputs_for(shapes, bool(rest and rest[0]))
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_gradient_matches_torch_and_numerical(name):
+    ours, theirs, xs = spec(name)
+    weight = torch.randn(theirs(*xs).shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    vs = [Variable(x.clone()) for x in xs]
+    out = ours(*vs)
+    test_near(out.data, theirs(*xs), atol=1e-12, rtol=1e-12)
+    (out * weight).sum().backward()
+    ts = [x.clone().requires_grad_() for x in xs]
+    (theirs(*ts) * weight).sum().backward()
+    numeric = numerical_grad(lambda *a: (ours(*map(Variable, a)) * weight).sum().data, *[x.clone() for x in xs])
+    for v, t, n in zip(vs, ts, numeric):
+        test_eq(tuple(v.grad.shape), tuple(v.shape))
+        test_near(v.grad.data, t.grad, atol=1e-10, rtol=1e-10)
+        test_near(v.grad.data, n, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in OPS if n not in ("relu", "clip")])  # relu'' and clip'' are 0 (or undefined at kinks)
+def test_second_order_matches_torch(name):
+    "Gradient penalty: d/dx of sum(w * (dL/dx)^2), through a create_graph backward."
+    ours, theirs, xs = spec(name)
+    weight = torch.randn(theirs(*xs).shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    vs = [Variable(x.clone()) for x in xs]
+    (tanh(ours(*vs)) * weight).sum().backward(create_graph=True)
+    penalty = sum(((v.grad * v.grad).sum() for v in vs[1:]), (vs[0].grad * vs[0].grad).sum())
+    for v in vs: v.cleargrad()
+    penalty.backward()
+    ts = [x.clone().requires_grad_() for x in xs]
+    grads = torch.autograd.grad((torch.tanh(theirs(*ts)) * weight).sum(), ts, create_graph=True)
+    torch_penalty = sum((g * g).sum() for g in grads)
+    torch_second = torch.autograd.grad(torch_penalty, ts, allow_unused=True)
+    test_near(penalty.data, torch_penalty.detach(), atol=1e-10, rtol=1e-10)
+    for v, g in zip(vs, torch_second):
+        expected = torch.zeros_like(v.data) if g is None else g
+        got = torch.zeros_like(v.data) if v.grad is None else v.grad.data
+        test_near(got, expected, atol=1e-9, rtol=1e-9)
+
+
+def expression(x): return tanh(x) * sin(x ** 2) + exp(-x) / (1 + x * x) - log(1 + x * x) * cos(x)
+def expression_torch(x): return torch.tanh(x) * torch.sin(x ** 2) + torch.exp(-x) / (1 + x * x) - torch.log(1 + x * x) * torch.cos(x)
+
+
+def test_second_and_third_derivatives_match_torch():
+    points = torch.linspace(-2, 2, 11, dtype=torch.float64)
+    x = Variable(points.clone())
+    y, ours = expression(x), []
+    for _ in range(3):
+        x.cleargrad()
+        y.backward(torch.ones_like(points), create_graph=True)
+        y = x.grad
+        ours.append(y.data)
+    xt = points.clone().requires_grad_()
+    yt = expression_torch(xt).sum()
+    for order in range(3):
+        yt, = torch.autograd.grad(yt, xt, create_graph=True)
+        test_near(ours[order], yt.detach(), atol=1e-10, rtol=1e-10)
+        yt = yt.sum()
+
+
+def test_double_backprop():
+    x = Variable(torch.tensor(2.0, dtype=torch.float64))
+    y = x ** 2
+    y.backward(create_graph=True)
+    gx = x.grad
+    x.cleargrad()
+    (gx ** 3 + y).backward()
+    test_near(x.grad.data, 100.0)
+
+
+def test_newton_converges_in_under_10_iterations():
+    x = Variable(torch.tensor(2.0, dtype=torch.float64))
+    for iteration in range(1, 10):
+        y = x ** 4 - 2 * x ** 2
+        y.backward(create_graph=True)
+        gx = x.grad
+        x.cleargrad()
+        gx.backward()
+        x = Variable(x.data - gx.data / x.grad.data)
+        if abs(x.data.item() - 1) < 1e-12: break
+    assert abs(x.data.item() - 1) < 1e-12 and iteration < 10
+
+
+def test_reuse_accumulates_and_cleargrad_resets():
+    a = Variable(torch.tensor(3.0, dtype=torch.float64))
+    (a + a).backward()
+    test_near(a.grad.data, 2.0)
+    (a * a).backward()
+    test_near(a.grad.data, 2.0 + 6.0)  # leaves accumulate across backward calls
+    a.cleargrad()
+    assert a.grad is None
+    (a * a * a).backward()
+    test_near(a.grad.data, 27.0)
+
+
+def test_diamond_and_reused_intermediates_match_torch():
+    def graph(a, f_sin, f_exp):
+        b, c = f_sin(a), a * a
+        d = b * c + c
+        e = d + f_exp(b) * d
+        return (e * c).sum()
+    x = torch.randn(5, dtype=torch.float64)
+    v = Variable(x.clone()); graph(v, sin, exp).backward()
+    t = x.clone().requires_grad_(); graph(t, torch.sin, torch.exp).backward()
+    test_near(v.grad.data, t.grad, atol=1e-12, rtol=1e-12)
+
+
+def test_deep_chain_10000_no_recursion_error():
+    x = Variable(torch.tensor(0.5, dtype=torch.float64))
+    xt = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    y, yt = x, xt
+    for i in range(10_000):
+        y, yt = (y * 1.0001, yt * 1.0001) if i % 2 else (sin(y), torch.sin(yt))
+    assert 10_000 > sys.getrecursionlimit()
+    y.backward(); yt.backward()
+    test_near(x.grad.data, xt.grad, atol=1e-12, rtol=1e-9)
+    del y  # freeing a 10,000-deep graph must not overflow the stack either
+
+
+def test_graph_is_freed_by_reference_counting():
+    gc.disable()
+    try:
+        x = Variable(torch.randn(10))
+        y = tanh(x * 2)
+        middle = weakref.ref(y.creator.inputs[0].creator)
+        z = (y ** 2).sum()
+        z.backward()
+        assert middle() is not None
+        del y, z
+        assert middle() is None
+    finally:
+        gc.enable()
+
+
+def test_memory_does_not_grow_over_1000_graphs():
+    x = Variable(torch.randn(50))
+    def build_and_drop():
+        y = x
+        for _ in range(10): y = tanh(y) * 1.5
+        y.sum().backward()
+    for _ in range(50): build_and_drop()
+    before = sys.getallocatedblocks()
+    for _ in range(1000): build_and_drop()
+    assert sys.getallocatedblocks() - before < 1000
+
+
+def test_retain_grad():
+    x = Variable(torch.tensor(2.0))
+    h = x * x
+    h.retain_grad()
+    y = h * 3 + h
+    y.backward()
+    test_near(h.grad.data, 4.0)
+    assert y.grad is None  # the root and unretained intermediates keep nothing
+    x2 = Variable(torch.tensor(2.0))
+    h2 = x2 * x2
+    y2 = h2 * 3
+    y2.backward()
+    assert h2.grad is None
+    y2 = h2 * 3
+    y2.backward(retain_grad=True)
+    test_near(h2.grad.data, 3.0)
+    test_near(y2.grad.data, 1.0)
+
+
+def test_no_grad_and_using_config():
+    x = Variable(torch.tensor(1.0))
+    with no_grad():
+        y = x * 2
+        assert Config.enable_backprop is False
+    assert Config.enable_backprop is True
+    assert y.creator is None and not y.requires_grad
+    with using_config("enable_backprop", False):
+        assert exp(x).creator is None
+    assert exp(x).creator is not None
+
+
+def test_constants_get_no_gradient_and_skip_work():
+    x = Variable(torch.randn(3, 4))
+    data = Variable(torch.randn(5, 3), requires_grad=False)
+    (data @ x).sum().backward()
+    assert data.grad is None and x.grad is not None
+
+
+def test_operators_accept_numbers_arrays_and_tensors_on_either_side():
+    x = Variable(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    for other in (2, 2.5, np.array([1.0, 3.0]), np.float64(2.0), torch.tensor([1.0, 3.0], dtype=torch.float64)):
+        o = torch.as_tensor(other, dtype=torch.float64)
+        for ours, ref in [(x + other, x.data + o), (other + x, o + x.data), (x - other, x.data - o), (other - x, o - x.data),
+                          (x * other, x.data * o), (other * x, o * x.data), (x / other, x.data / o), (other / x, o / x.data)]:
+            assert isinstance(ours, Variable), type(ours)
+            test_near(ours.data, ref)
+    f32 = Variable(torch.ones(2))
+    test_eq((f32 * 2.5).dtype, torch.float32)  # numbers take the Variable's dtype
+
+
+def test_multiple_outputs_unused_output_gets_zeros():
+    x = Variable(torch.randn(2, 5, dtype=torch.float64))
+    a, b, c = split(x, [1, 3, 1], axis=1)
+    (b * 2).sum().backward()
+    expected = torch.zeros(2, 5, dtype=torch.float64); expected[:, 1:4] = 2
+    test_near(x.grad.data, expected)
+
+
+def test_type_errors_name_the_type():
+    with pytest.raises(TypeError, match="str"): Variable("3")
+    with pytest.raises(TypeError, match="list of str"): Variable(torch.ones(2)) + ["a", "b"]
+    with pytest.raises(TypeError, match="dict"): exp({"a": 1})
+    with pytest.raises(TypeError, match="str"): Variable(np.array(["a"]))
+
+
+def test_backward_on_non_scalar_needs_a_seed():
+    y = Variable(torch.ones(2, 3)) * 2
+    with pytest.raises(RuntimeError, match=r"seed gradient.*\(2, 3\)"): y.backward()
+    with pytest.raises(ValueError, match=r"\(3, 2\).*\(2, 3\)"): y.backward(torch.ones(3, 2))
+
+
+def test_shape_errors_name_both_shapes():
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(4, 5\)"): Variable(torch.ones(2, 3)) @ Variable(torch.ones(4, 5))
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(4,\)"): Variable(torch.ones(2, 3)) + torch.ones(4)
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3,\)"): softmax_cross_entropy(Variable(torch.ones(2, 3)), torch.tensor([0, 1, 2]))
+
+
+def test_engine_tensors_never_require_grad():
+    t = torch.randn(3, requires_grad=True)
+    v = Variable(t)
+    assert not v.data.requires_grad
+    y = (v * t).sum()
+    y.backward()
+    assert not y.data.requires_grad and not v.grad.data.requires_grad
+
+
+def test_dot_graph_lists_every_edge():
+    x, w = Variable(torch.tensor(1.0), name="x"), Variable(torch.tensor(0.5), name="w")
+    y = tanh(x * w + 1)
+    dot = dot_graph(y)
+    assert dot.startswith("digraph") and dot.count("->") == 8
+    assert all(word in dot for word in ('"x"', '"w"', "Mul", "Add", "Tanh"))
+
+
+def test_tiny_mlp_learns_a_separable_problem():
+    torch.manual_seed(0)
+    x = torch.randn(200, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()  # XOR of the signs: needs the hidden layer
+    model = Sequential(Linear(2, 16), relu, Linear(16, 2))
+    opt = SGD(model.parameters(), lr=0.5)
+    assert len(list(model.parameters())) == 4
+    for _ in range(300):
+        loss = softmax_cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    with no_grad(): accuracy = (model(x).data.argmax(1) == y).float().mean().item()
+    assert accuracy > 0.9
