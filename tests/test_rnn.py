@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from exp.rnn import (GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, SequenceLoader, copy_from_torch,
-                     copy_to_torch, detach_state, fit_tbptt, from_torch, graph_size, lstm_step,
-                     torch_parameter_name)
+from exp.learner import Callback, DataLoaders, Learner
+from exp.rnn import (GRU, LSTM, RNN, GRUCell, LSTMCell, ResetStateCallback, RNNCell, SequenceLoader, Stateful,
+                     copy_from_torch, copy_to_torch, detach_state, from_torch, graph_size, lstm_step,
+                     sequence_loss, torch_parameter_name, CharVocab, CharModel, sample)
 from exp.testing import test_near
 
 torch.set_num_threads(1)  # tiny sequential ops: extra threads only add contention on shared machines
@@ -163,26 +164,58 @@ def test_detach_state_keeps_values_and_drops_history():
     assert detach_state(h).grad_fn is None
 
 
-def test_fit_tbptt_trains_across_consecutive_windows():
-    "fit_tbptt carries (and detaches) the state through 6 epochs without error, and the loss falls fivefold."
+class SineModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.head = LSTM(1, 8), nn.Linear(8, 1)
+
+    def forward(self, x, state=None):
+        out, state = self.lstm(x.unsqueeze(-1), state)
+        return self.head(out).squeeze(-1), state
+
+
+def test_stateful_carries_detached_state_between_calls():
     torch.manual_seed(0)
-    t = torch.arange(801, dtype=torch.float32)
-    wave = torch.sin(t * 0.2)
+    inner = SineModel()
+    model = Stateful(inner)
+    x = torch.randn(2, 5)
+    first = model(x)
+    assert all(s.grad_fn is None for s in model.state)  # kept, but cut loose
+    test_near(first, inner(x)[0])
+    second = model(x)  # continues from the first call's state...
+    test_near(second, inner(x, inner(x)[1])[0])
+    assert not reaches(second, first.grad_fn)  # ...without reaching back into its graph
+    model.reset()
+    assert model.state is None
+    test_near(model(x), first)
 
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lstm, self.head = LSTM(1, 8), nn.Linear(8, 1)
-        def forward(self, x, state=None):
-            out, state = self.lstm(x.unsqueeze(-1), state)
-            return self.head(out).squeeze(-1), state
 
-    model = Model()
-    loader = SequenceLoader(wave, batch_size=8, bptt=10)  # 100 steps per stream: 10 full windows
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    losses = fit_tbptt(model, loader, opt, epochs=6)
-    assert len(losses) == 60
-    assert sum(losses[-10:]) / 10 < 0.2 * sum(losses[:10]) / 10
+def test_learner_trains_stateful_model_and_resets_state_each_pass():
+    "With the Learner, ResetStateCallback zeroes the state before training and validation, and the loss falls."
+    torch.manual_seed(0)
+    wave = torch.sin(torch.arange(1001, dtype=torch.float32) * 0.2)
+    seen = []
+
+    class Spy(Callback):
+        order = ResetStateCallback.order + 1
+        def before_train(self): seen.append(("train", self.learn.model.state is None))
+        def before_validate(self): seen.append(("valid", self.learn.model.state is None))
+
+    dls = DataLoaders(SequenceLoader(wave[:801], batch_size=8, bptt=10), SequenceLoader(wave[800:], batch_size=2, bptt=10))
+    learn = Learner(Stateful(SineModel()), dls, loss_func=sequence_loss, lr=0.02, opt_func=torch.optim.Adam,
+                    cbs=[ResetStateCallback(), Spy()], logger=None)
+    learn.fit(6)
+    assert seen == [("train", True), ("valid", True)] * 6
+    train_losses = learn.metrics.values("train_loss")
+    assert train_losses[-1] < 0.2 * train_losses[0]
+    assert learn.metrics.values("valid_loss")[-1] < 0.2 * learn.metrics.values("valid_loss")[0]
+
+
+def test_sequence_loss_picks_mse_or_cross_entropy():
+    preds, targets = torch.randn(2, 3), torch.randn(2, 3)
+    test_near(sequence_loss(preds, targets), nn.functional.mse_loss(preds, targets))
+    logits, classes = torch.randn(2, 3, 7), torch.randint(0, 7, (2, 3))
+    test_near(sequence_loss(logits, classes), nn.functional.cross_entropy(logits.reshape(6, 7), classes.reshape(6)))
 
 
 def test_lstm_step_runs_on_our_autograd_engine():
@@ -198,3 +231,15 @@ def test_lstm_step_runs_on_our_autograd_engine():
     ((h2 * 2).sum() + (c2 * c2).sum()).backward()
     test_near(h2.data, h1); test_near(c2.data, c1)
     for name, p in cell.named_parameters(): test_near(weights[name].grad.data, p.grad)
+
+
+def test_char_vocab_round_trip_and_seeded_sampling():
+    text = "Alice was beginning to get very tired."
+    vocab = CharVocab(text)
+    assert len(vocab) == len(set(text)) and vocab.decode(vocab.encode(text).tolist()) == text
+    torch.manual_seed(0)
+    model = Stateful(CharModel(len(vocab), embedding_size=4, hidden_size=8))
+    first = sample(model, vocab, "Alice ", 30, seed=3)
+    assert first.startswith("Alice ") and len(first) == 36 and set(first) <= set(vocab.chars)
+    assert sample(model, vocab, "Alice ", 30, seed=3) == first  # seeded, and the state is reset each time
+    assert model.state is None
