@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Our autograd engine (exp.autograd) vs DeZero vs torch.autograd, measured in one run.
 
-    python benchmarks/autograd.py [--rounds 9] [--inner 3]
+    python benchmarks/autograd.py [--rounds 9] [--inner 3] [--threads 1]
 
 Three workloads:
   (a) chain:  a 2,000-op scalar chain (sin and *1.01, alternating), forward + backward, float64
@@ -9,8 +9,10 @@ Three workloads:
   (c) grad2:  the second derivative of a 100-op scalar expression (backward with create_graph, twice)
 
 Each library runs in its own worker process (torch's and numpy's thread pools never share a
-process); the parent asks the workers in turn, round after round (interleaved, rotating who goes
-first), and quotes medians and the median of per-round ratios. DeZero 0.0.13 from PyPI needs
+process, limited to `--threads` threads: 1 by default, since on a small shared machine a thread pool
+mostly waits for its other threads); the parent asks the workers in turn, round after round
+(interleaved, rotating who goes first), and quotes medians of wall-clock and of process CPU time
+(which the load from other work inflates less), and the median of per-round ratios. DeZero 0.0.13 from PyPI needs
 `np.int = int` on numpy 2, where it silently computes its MLP in float64 (its weight init multiplies
 a float32 array by a numpy float64 scalar): we time it as installed and with float32 weights and data
 (dtype-matched). Prints a markdown table.
@@ -55,7 +57,7 @@ def ours_cases():
             opt.zero_grad(); loss.backward(); opt.step()
             return loss.data.item()
         return step
-    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(torch.float32)}
+    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(torch.float32), "mlp64": mlp_case(torch.float64)}
 
 
 def torch_cases():
@@ -77,15 +79,17 @@ def torch_cases():
         gx.backward()
         return x.grad.item()
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(SIZES[0], SIZES[1]), torch.nn.ReLU(), torch.nn.Linear(SIZES[1], SIZES[2]))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, t = torch.rand(BATCH, SIZES[0]), torch.randint(0, SIZES[2], (BATCH,))
-    def mlp():
-        loss = F.cross_entropy(model(x), t)
-        opt.zero_grad(); loss.backward(); opt.step()
-        return loss.item()
-    return {"chain": chain, "grad2": grad2, "mlp": mlp}
+    def mlp_case(dtype):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(SIZES[0], SIZES[1]), torch.nn.ReLU(), torch.nn.Linear(SIZES[1], SIZES[2])).to(dtype)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, t = torch.rand(BATCH, SIZES[0], dtype=dtype), torch.randint(0, SIZES[2], (BATCH,))
+        def step():
+            loss = F.cross_entropy(model(x), t)
+            opt.zero_grad(); loss.backward(); opt.step()
+            return loss.item()
+        return step
+    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(torch.float32), "mlp64": mlp_case(torch.float64)}
 
 
 def dezero_cases():
@@ -111,22 +115,27 @@ def dezero_cases():
         gx.backward()
         return float(x.grad.data)
 
-    def mlp_case(float32):
+    def mlp_case(dtype):
+        "dtype None: as installed (float32 data; numpy 2 makes W float64); else every weight and the data in dtype."
         np.random.seed(0)
         model = models.MLP((SIZES[1], SIZES[2]), activation=F.relu)
         opt = optimizers.SGD(lr=0.1).setup(model)
-        x = np.random.rand(BATCH, SIZES[0]).astype(np.float32)
+        x = np.random.rand(BATCH, SIZES[0]).astype(dtype or np.float32)
         t = np.random.randint(0, SIZES[2], BATCH)
         model(x)  # dezero creates its weights at the first call
-        if float32:
-            for p in model.params(): p.data = p.data.astype(np.float32)
+        if dtype:
+            for p in model.params(): p.data = p.data.astype(dtype)
         def step():
             loss = F.softmax_cross_entropy(model(x), t)
             model.cleargrads(); loss.backward(); opt.update()
             return float(loss.data)
-        step.dtype = str(next(iter(model.params())).data.dtype)
+        step()
+        def dtypes(arrays): return "/".join(sorted({str(a.dtype) for a in arrays}))
+        params = list(model.params())
+        step.dtype = (f"W {dtypes(p.data for p in params if p.data.ndim == 2)}, b {dtypes(p.data for p in params if p.data.ndim == 1)}, "
+                      f"gradients {dtypes(p.grad.data for p in params)}")
         return step
-    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(False), "mlp-f32": mlp_case(True)}
+    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(None), "mlp-f32": mlp_case(np.float32), "mlp64": mlp_case(np.float64)}
 
 
 def worker(library, inner):
@@ -134,14 +143,16 @@ def worker(library, inner):
     cases = {"ours": ours_cases, "torch": torch_cases, "dezero": dezero_cases}[library]()
     for f in cases.values(): f(); f()  # warm up
     info = {"threads": threads_info(library)}
-    if "mlp" in cases and hasattr(cases["mlp"], "dtype"): info["mlp_dtype"] = cases["mlp"].dtype
+    info["dtypes"] = {name: f.dtype for name, f in cases.items() if hasattr(f, "dtype")}
     print(json.dumps({"ready": sorted(cases), **info}), flush=True)
     for line in sys.stdin:
         name = json.loads(line)
-        times = []
+        wall, cpu = [], []
         for _ in range(inner):
-            start = time.perf_counter(); cases[name](); times.append(time.perf_counter() - start)
-        print(json.dumps(statistics.median(times)), flush=True)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            cases[name]()
+            wall.append(time.perf_counter() - start); cpu.append(time.process_time() - start_cpu)
+        print(json.dumps([statistics.median(wall), statistics.median(cpu)]), flush=True)
 
 
 def threads_info(library):
@@ -153,10 +164,12 @@ def threads_info(library):
 
 # ---------------------------------------------------------------- parent: interleave, summarise
 class Worker:
-    def __init__(self, library, inner):
+    def __init__(self, library, inner, threads):
         self.library = library
+        env = dict(os.environ)
+        if threads: env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", library, "--inner", str(inner)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         self.info = json.loads(self.proc.stdout.readline())
 
     def time(self, case):
@@ -170,17 +183,20 @@ class Worker:
 CONTENDERS = {  # column -> (library, case) for each workload
     "chain": [("ours", "chain"), ("dezero", "chain"), ("torch", "chain")],
     "mlp": [("ours", "mlp"), ("dezero", "mlp"), ("dezero", "mlp-f32"), ("torch", "mlp")],
+    "mlp64": [("ours", "mlp64"), ("dezero", "mlp64"), ("torch", "mlp64")],
     "grad2": [("ours", "grad2"), ("dezero", "grad2"), ("torch", "grad2")],
 }
-LABELS = {("dezero", "mlp"): "dezero (as installed: float64)", ("dezero", "mlp-f32"): "dezero (float32, dtype-matched)"}
+LABELS = {("dezero", "mlp"): "dezero 0.0.13 as installed (float32 data)", ("dezero", "mlp-f32"): "dezero 0.0.13, float32 weights and data"}
 TITLES = {"chain": f"(a) {CHAIN_OPS:,}-op scalar chain, forward + backward (float64)",
           "mlp": f"(b) one training step, MLP {'-'.join(map(str, SIZES))}, batch {BATCH} (float32)",
+          "mlp64": f"(b') the same step in float64 (every engine fully dtype-matched)",
           "grad2": f"(c) second derivative of a {EXPR_OPS}-op scalar expression (float64)"}
 
 
-def main(rounds, inner):
+def main(rounds, inner, threads):
     import torch
-    workers = {lib: Worker(lib, inner) for lib in ("ours", "dezero", "torch")}
+    load = os.getloadavg()[0]
+    workers = {lib: Worker(lib, inner, threads) for lib in ("ours", "dezero", "torch")}
     times = {w: {c: [] for c in CONTENDERS[w]} for w in CONTENDERS}
     try:
         for r in range(rounds):
@@ -191,19 +207,26 @@ def main(rounds, inner):
         for w in workers.values(): w.close()
     print(f"# Autograd engines: exp.autograd vs DeZero vs torch.autograd\n")
     print(f"Machine: {platform.machine()} {os.cpu_count()}-core CPU ({platform.processor() or platform.platform()}), "
-          f"load average before the run {os.getloadavg()[0]:.1f}; Python {platform.python_version()}, torch {torch.__version__}, "
+          f"load average {load:.1f} before the run and {os.getloadavg()[0]:.1f} after it; Python {platform.python_version()}, torch {torch.__version__}, "
           f"threads: ours {workers['ours'].info['threads']}, torch {workers['torch'].info['threads']}, "
-          f"dezero {workers['dezero'].info['threads']} (dezero's MLP computes in {workers['dezero'].info.get('mlp_dtype')} as installed).")
-    print(f"{rounds} interleaved rounds, each timing the median of {inner} runs; medians over rounds; "
-          f"ratios are medians of per-round ratios (< 1 means ours is faster).\n")
+          f"dezero {workers['dezero'].info['threads']}.\n")
+    dtypes = workers["dezero"].info["dtypes"]
+    print(f"DeZero's MLP dtypes after a step: as installed, {dtypes['mlp']}; with float32 weights and data, "
+          f"{dtypes['mlp-f32']}; float64, {dtypes['mlp64']}.")
+    print(f"{rounds} interleaved rounds, each timing the median of {inner} runs; medians over rounds of wall-clock "
+          f"and of process CPU time; ratios are medians of per-round ratios (ours / this: < 1 means ours is faster).\n")
     for workload, contenders in CONTENDERS.items():
         ours = times[workload][("ours", workload)]
         print(f"## {TITLES[workload]}\n")
-        print("| engine | median ms | ours / this |\n|---|---:|---:|")
+        print("| engine | wall ms | ours / this (wall) | CPU ms | ours / this (CPU) |\n|---|---:|---:|---:|---:|")
         for key in contenders:
             label = LABELS.get(key, "exp.autograd (ours)" if key[0] == "ours" else "torch.autograd" if key[0] == "torch" else "dezero 0.0.13")
-            ratio = statistics.median(o / t for o, t in zip(ours, times[workload][key]))
-            print(f"| {label} | {statistics.median(times[workload][key]) * 1e3:.2f} | {ratio:.2f} |")
+            cells = []
+            for i in (0, 1):
+                theirs = [t[i] for t in times[workload][key]]
+                ratio = statistics.median(o[i] / t for o, t in zip(ours, theirs))
+                cells += [f"{statistics.median(theirs) * 1e3:.2f}", f"{ratio:.2f}"]
+            print(f"| {label} | " + " | ".join(cells) + " |")
         print()
 
 
@@ -211,7 +234,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--inner", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="threads per library (0: the libraries' defaults)")
     parser.add_argument("--worker", choices=["ours", "torch", "dezero"])
     args = parser.parse_args()
     if args.worker: worker(args.worker, args.inner)
-    else: main(args.rounds, args.inner)
+    else: main(args.rounds, args.inner, args.threads)
