@@ -109,24 +109,30 @@ class MetricsCallback(Callback):
     def __init__(self, *metrics, **named_metrics):
         self.metric_funcs = {**{m.__name__: m for m in metrics}, **named_metrics}
         self.log = []
+        self._start_epoch(None)
 
     def before_fit(self): self.log = []
-    def before_epoch(self): self.stats, self.start = {"epoch": self.learn.epoch}, time.perf_counter()
-    def before_train(self): self._reset()
-    def before_validate(self): self._reset()
+    def before_epoch(self): self._start_epoch(self.learn.epoch)
 
-    def _reset(self): self.count, self.totals = 0, {name: 0. for name in ["loss", *self.metric_funcs]}
+    def _start_epoch(self, epoch):
+        # set up both phases now: a callback may cancel a phase before our own `before_*` runs
+        self.stats, self.start = {"epoch": epoch}, time.perf_counter()
+        self.counts = {"train": 0, "valid": 0}
+        self.totals = {phase: {name: 0. for name in ["loss", *self.metric_funcs]} for phase in self.counts}
 
     def after_loss(self):
         learn, n = self.learn, batch_size_of(self.learn.batch)
-        self.count += n
+        phase = "train" if learn.training else "valid"
+        self.counts[phase] += n
+        totals = self.totals[phase]
         with torch.no_grad():
-            self.totals["loss"] += learn.loss.detach() * n
-            for name, func in self.metric_funcs.items(): self.totals[name] += func(learn.preds, learn.yb) * n
+            totals["loss"] += learn.loss.detach() * n
+            for name, func in self.metric_funcs.items(): totals[name] += func(learn.preds, learn.yb) * n
 
-    def _save(self, prefix):
-        for name, total in self.totals.items():
-            self.stats[f"{prefix}_{name}"] = float(total / self.count) if self.count else math.nan
+    def _save(self, phase):
+        count = self.counts[phase]
+        for name, total in self.totals[phase].items():
+            self.stats[f"{phase}_{name}"] = float(total / count) if count else math.nan
 
     def after_train(self): self._save("train")
     def after_validate(self): self._save("valid")

@@ -1,0 +1,351 @@
+"Tests of exp.learner: events and their order, cancelling, metrics, errors, interruption, determinism."
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+import torch.utils.data
+
+from exp.learner import *  # what users do: it must give everything a fit needs
+from exp.learner import EVENTS, MetricsCallback, NonFiniteLossError, snake_case
+from exp.training import Optimizer
+from exp.data import load_digits
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def mlp(n_in=64, n_out=10, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(n_in, 32), nn.ReLU(), nn.Linear(32, n_out))
+
+
+def tiny_dls(digits, n_train=100, n_valid=50, batch_size=50, seed=None):
+    x_train, y_train, x_valid, y_valid = digits
+    return DataLoaders.from_tensors(x_train[:n_train], y_train[:n_train], x_valid[:n_valid], y_valid[:n_valid],
+                                    batch_size=batch_size, seed=seed)
+
+
+class Events(Callback):
+    "Record every event."
+    def __init__(self): self.seen = []
+for _event in EVENTS:
+    setattr(Events, _event, lambda self, event=_event: self.seen.append(event))
+
+BATCH = ["before_batch", "after_pred", "after_loss", "after_backward", "after_step", "after_zero_grad", "after_batch"]
+VALID_BATCH = ["before_batch", "after_pred", "after_loss", "after_batch"]
+
+
+def test_star_import_gives_what_a_fit_needs():
+    for name in ["Learner", "DataLoaders", "Callback", "DataLoader", "Dataset", "cross_entropy", "accuracy",
+                 "CancelFitException", "CancelEpochException", "CancelTrainException", "CancelValidException",
+                 "CancelBatchException", "set_seed"]:
+        assert name in globals(), name
+
+
+def test_trains_digits_to_90_percent(digits):
+    set_seed(1)
+    learn = Learner(mlp(), DataLoaders.from_tensors(*digits, seed=1), lr=0.3, metrics=accuracy, logger=None)
+    learn.fit(5)
+    log = learn.metrics.log
+    assert len(log) == 5 and log[-1]["valid_accuracy"] > 0.9
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+
+
+def test_event_order(digits):
+    events = Events()
+    Learner(mlp(), tiny_dls(digits), cbs=events, logger=None).fit(2)
+    epoch = ["before_epoch", "before_train", *BATCH, *BATCH, "after_train",
+             "before_validate", *VALID_BATCH, "after_validate", "after_epoch"]
+    assert events.seen == ["before_fit", *epoch, *epoch, "after_fit", "cleanup_fit"]
+
+
+def test_callbacks_run_by_order_then_insertion():
+    said = []
+    class Say(Callback):
+        def __init__(self, word, order): self.word, self.order = word, order
+        def before_fit(self): said.append(self.word)
+    dls = DataLoaders.from_tensors(torch.randn(8, 4), torch.zeros(8, dtype=torch.long), torch.randn(4, 4), torch.zeros(4, dtype=torch.long))
+    Learner(nn.Linear(4, 2), dls, logger=None, cbs=[Say("c", 5), Say("a", -5), Say("b1", 0), Say("b2", 0)]).fit(1)
+    assert said == ["a", "b1", "b2", "c"]
+
+
+def test_callback_with_learner_argument_and_attribute_access(digits):
+    seen = []
+    class MinimalStyle(Callback):                     # miniai's style: the learner is passed in
+        def before_fit(self, learn): seen.append(learn)
+    class ReadsThrough(Callback):                     # fastai's style: attributes read through
+        def after_fit(self): seen.append(self.n_epochs)
+    learn = Learner(mlp(), tiny_dls(digits), cbs=[MinimalStyle(), ReadsThrough()], logger=None).fit(3)
+    assert seen == [learn, 3]
+    assert learn.minimal_style.__class__ is MinimalStyle and isinstance(learn.metrics, MetricsCallback)
+    with pytest.raises(AttributeError, match="no attribute or callback"): learn.not_a_callback
+    assert [snake_case(n) for n in ["Recorder", "LRFinder", "EarlyStoppingCallback"]] == ["recorder", "lr_finder", "early_stopping"]
+
+
+def test_remove_cbs_and_fit_only_cbs(digits):
+    events, once = Events(), Events()
+    learn = Learner(mlp(), tiny_dls(digits), cbs=events, logger=None)
+    learn.fit(1, cbs=once)
+    assert once.seen and once not in learn.cbs and events in learn.cbs
+    learn.remove_cbs(events)
+    learn.fit(1)
+    assert events.seen.count("before_fit") == 1
+
+
+def test_train_and_eval_modes_and_no_grad(digits):
+    modes = []
+    class Watch(Callback):
+        def before_batch(self): modes.append((self.learn.training, self.learn.model.training, torch.is_grad_enabled()))
+    learn = Learner(mlp(), tiny_dls(digits), cbs=Watch(), logger=None).fit(1)
+    assert modes == [(True, True, True), (True, True, True), (False, False, False)]
+    assert not learn.model.training
+
+
+def params(model): return [p.detach().clone() for p in model.parameters()]
+
+
+def same(a, b): return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_cancel_batch_in_after_pred_skips_the_step(digits):
+    class Skip(Callback):
+        def after_pred(self): raise CancelBatchException()
+    events, model = Events(), mlp()
+    before = params(model)
+    Learner(model, tiny_dls(digits), cbs=[Skip(), events], logger=None).fit(2)
+    assert same(before, params(model))
+    assert "after_loss" not in events.seen and events.seen.count("after_batch") == 6  # after_batch still runs
+
+
+def test_cancel_train_skips_training_but_not_validation(digits):
+    class NoTraining(Callback):
+        def before_train(self): raise CancelTrainException()
+    events, model = Events(), mlp()
+    before = params(model)
+    learn = Learner(model, tiny_dls(digits), cbs=[NoTraining(), events], logger=None).fit(1)
+    assert same(before, params(model)) and "after_step" not in events.seen
+    assert "after_train" in events.seen and events.seen.count("after_batch") == 1  # one validation batch
+    assert learn.metrics.log[-1]["valid_loss"] > 0
+
+
+def test_cancel_valid_skips_validation(digits):
+    class NoValid(Callback):
+        def before_validate(self): raise CancelValidException()
+    events = Events()
+    Learner(mlp(), tiny_dls(digits), cbs=[NoValid(), events], logger=None).fit(2)
+    assert events.seen.count("after_step") == 4 and events.seen.count("after_validate") == 2
+    assert events.seen.count("after_batch") == 4
+
+
+def test_cancel_epoch_skips_rest_of_epoch_only(digits):
+    class ShortFirstEpoch(Callback):
+        def after_step(self):
+            if self.learn.epoch == 0: raise CancelEpochException()
+    events = Events()
+    Learner(mlp(), tiny_dls(digits), cbs=[events, ShortFirstEpoch()], logger=None).fit(2)
+    assert events.seen.count("after_step") == 1 + 2        # one step in epoch 0, all in epoch 1
+    assert events.seen.count("before_validate") == 1        # epoch 0's validation skipped
+    assert events.seen.count("after_epoch") == 2 and events.seen[-2:] == ["after_fit", "cleanup_fit"]
+
+
+def test_cancel_fit_stops_everything_and_after_fit_runs(digits):
+    class StopNow(Callback):
+        def after_step(self): raise CancelFitException()
+    events = Events()
+    Learner(mlp(), tiny_dls(digits), cbs=[events, StopNow()], logger=None).fit(5)
+    assert events.seen.count("after_step") == 1 and events.seen.count("before_epoch") == 1
+    assert events.seen[-2:] == ["after_fit", "cleanup_fit"] and "after_epoch" not in events.seen
+
+
+def test_cancel_raised_in_after_event_is_swallowed_by_its_phase(digits):
+    class EndInAfterEpoch(Callback):
+        def after_epoch(self): raise CancelEpochException()
+    class StopInAfterEpoch(Callback):
+        def after_epoch(self):
+            if self.learn.epoch == 1: raise CancelFitException()
+    events = Events()
+    Learner(mlp(), tiny_dls(digits), cbs=[events, EndInAfterEpoch()], logger=None).fit(2)
+    assert events.seen.count("after_epoch") == 2
+    events = Events()
+    Learner(mlp(), tiny_dls(digits), cbs=[events, StopInAfterEpoch()], logger=None).fit(5)  # early stopping's pattern
+    assert events.seen.count("before_epoch") == 2 and events.seen[-2:] == ["after_fit", "cleanup_fit"]
+
+
+def test_metrics_weighted_by_batch_size_with_uneven_last_batch(digits):
+    x_train, y_train, x_valid, y_valid = digits
+    dls = DataLoaders.from_tensors(x_train, y_train, x_valid[:250], y_valid[:250], batch_size=50)  # valid: 100, 100, 50
+    assert [len(b[1]) for b in dls.valid] == [100, 100, 50]
+    set_seed(0)
+    learn = Learner(mlp(), dls, lr=0.3, metrics=accuracy, logger=None).fit(1)
+    with torch.no_grad():
+        preds = learn.model(x_valid[:250])
+        whole_acc, whole_loss = accuracy(preds, y_valid[:250]).item(), cross_entropy(preds, y_valid[:250]).item()
+        batch_mean = sum(accuracy(learn.model(xb), yb).item() for xb, yb in dls.valid) / 3
+    row = learn.metrics.log[-1]
+    assert abs(row["valid_accuracy"] - whole_acc) < 1e-6 and abs(row["valid_loss"] - whole_loss) < 1e-5
+    assert abs(batch_mean - whole_acc) > 1e-4  # the plain mean of batch means is wrong here (deterministic: seed 0)
+
+
+def test_named_metrics_and_logger(digits):
+    rows = []
+    error = lambda preds, y: 1 - accuracy(preds, y)
+    learn = Learner(mlp(), tiny_dls(digits), metrics={"error": error}, logger=rows.append).fit(2)
+    assert len(rows) == 2 and abs(rows[-1]["valid_error"] - (1 - accuracy(learn.model(digits[2][:50]), digits[3][:50]).item())) < 1e-6
+    assert learn.metrics.values("valid_error") == [r["valid_error"] for r in rows]
+
+
+def test_print_stats_prints_a_table(digits, capsys):
+    Learner(mlp(), tiny_dls(digits), metrics=accuracy).fit(2)
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert lines[0].split() == ["epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "time"]
+    assert len(lines) == 3 and lines[2].split()[0] == "1"
+
+
+def test_torch_dataloaders_and_torch_optimizers(digits):
+    x_train, y_train, x_valid, y_valid = digits
+    set_seed(0)
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train, y_train), 64, shuffle=True)
+    valid = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_valid, y_valid), 128)
+    learn = Learner(mlp(), (train, valid), loss_func=F.cross_entropy, lr=1e-2, opt_func=torch.optim.Adam,
+                    metrics=accuracy, logger=None).fit(4)
+    assert isinstance(learn.opt, torch.optim.Adam) and learn.metrics.log[-1]["valid_accuracy"] > 0.9
+
+
+def test_our_optimizer_as_opt_func(digits):
+    set_seed(0)
+    learn = Learner(mlp(), DataLoaders.from_tensors(*digits, seed=0), lr=0.5, opt_func=Optimizer, metrics=accuracy, logger=None).fit(6)
+    assert isinstance(learn.opt, Optimizer) and learn.metrics.log[-1]["valid_accuracy"] > 0.9
+
+
+def test_optimizer_kept_across_fits_and_lr(digits):
+    learn = Learner(mlp(), tiny_dls(digits), lr=0.1, opt_func=lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9), logger=None)
+    learn.fit(1)
+    opt = learn.opt
+    learn.fit(1, lr=0.01)
+    assert learn.opt is opt and opt.param_groups[0]["lr"] == 0.01 and learn.lr == 0.01
+    assert any(opt.state[p] for p in learn.model.parameters())  # momentum buffers carried over
+    learn.fit(1, reset_opt=True)
+    assert learn.opt is not opt
+
+
+def test_xb_yb_are_views_of_batch(digits):
+    class Double(Callback):
+        def before_batch(self): self.learn.xb = self.learn.xb * 0
+        def after_pred(self): assert torch.equal(self.learn.batch[0], torch.zeros_like(self.learn.batch[0]))
+    model = mlp()
+    learn = Learner(model, tiny_dls(digits), cbs=Double(), logger=None).fit(1)
+    with torch.no_grad(): expected = model(torch.zeros(1, 64))
+    assert torch.allclose(learn.preds, expected.expand_as(learn.preds))
+
+
+def test_nan_loss_names_epoch_batch_and_lr(digits):
+    x_train, y_train, x_valid, y_valid = digits
+    bad = x_train[:200].clone()
+    bad[130, 3] = float("nan")  # sits in the third training batch (no shuffle: batch_size 64 → batch 2)
+    dls = DataLoaders(DataLoader(Dataset(bad, y_train[:200]), 64), DataLoader(Dataset(x_valid, y_valid), 64))
+    learn = Learner(mlp(), dls, lr=0.05, logger=None)
+    with pytest.raises(NonFiniteLossError, match=r"Epoch 0, training batch 2: the loss is nan") as info:
+        learn.fit(3)
+    assert "0.05" in str(info.value) and "inputs contain NaN" in str(info.value) and learn.last_good_lr == 0.05
+    assert isinstance(info.value, FloatingPointError)
+
+
+def test_diverging_lr_stops_with_last_good_lr(digits):
+    set_seed(0)
+    learn = Learner(mlp(), DataLoaders.from_tensors(*digits, seed=0), lr=1e10, logger=None)
+    with pytest.raises(NonFiniteLossError, match="The last learning rate with a finite loss was 10000000000.0"):
+        learn.fit(2)
+
+
+def test_check_loss_can_be_turned_off(digits):
+    x_train, y_train, x_valid, y_valid = digits
+    bad = x_train[:100].clone(); bad[0, 0] = float("nan")
+    learn = Learner(mlp(), DataLoaders.from_tensors(bad, y_train[:100], x_valid[:50], y_valid[:50]), logger=None, check_loss=False)
+    learn.fit(1)  # no error: the user asked for it
+
+
+def test_shape_mismatch_names_batch_shape_and_layer(digits):
+    x_train, y_train, x_valid, y_valid = digits
+    dls = DataLoaders.from_tensors(x_train[:, :60], y_train, x_valid[:, :60], y_valid, batch_size=64)
+    with pytest.raises(RuntimeError) as info:
+        Learner(mlp(), dls, logger=None).fit(1)
+    msg = str(info.value)
+    assert "(64, 60)" in msg and "layer '0'" in msg and "expects 64 features" in msg and "Epoch 0, training batch 0" in msg
+    assert isinstance(info.value.__cause__, RuntimeError) and "mat1 and mat2" in msg
+
+
+def test_shape_mismatch_inside_a_deeper_layer_is_named():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 10))
+    x, y = torch.randn(20, 1, 8, 8), torch.randint(0, 10, (20,))
+    dls = DataLoaders.from_tensors(x, y, x, y, batch_size=10)
+    with pytest.raises(RuntimeError, match=r"layer '3' .* got input of shape \(10, 256\) and expects 196 features"):
+        Learner(model, dls, logger=None).fit(1)
+    bad_channels = DataLoaders.from_tensors(torch.randn(20, 3, 7, 7), y, x, y, batch_size=10)
+    with pytest.raises(RuntimeError, match=r"\(10, 3, 7, 7\).*layer '0'.*expects 1 channels"):
+        Learner(model, bad_channels, logger=None).fit(1)
+    assert model[0].training is False  # the learner's cleanup left eval mode; the diagnosis changed nothing else
+
+
+def test_loss_shape_mismatch_names_shapes(digits):
+    x_train, y_train, x_valid, y_valid = digits
+    dls = DataLoaders.from_tensors(x_train, y_train, x_valid, y_valid)
+    with pytest.raises(IndexError, match=r"loss function failed on predictions of shape \(64, 5\) and targets of shape \(64,\)"):
+        Learner(mlp(n_out=5), dls, logger=None, loss_func=F.cross_entropy).fit(1)
+
+
+def test_callback_exception_keeps_type_and_names_callback(digits):
+    class Faulty(Callback):
+        def after_loss(self):
+            if self.learn.iter == 1: raise ValueError("bad value")
+    with pytest.raises(ValueError, match="bad value") as info:
+        Learner(mlp(), tiny_dls(digits), cbs=Faulty(), logger=None).fit(1)
+    note = " ".join(info.value.__notes__)
+    assert "Faulty" in note and "after_loss" in note and "batch 1" in note and "epoch 0" in note
+
+
+def test_keyboard_interrupt_leaves_learner_usable(digits):
+    class CtrlC(Callback):
+        def after_backward(self):
+            if self.learn.train_iter == 3: raise KeyboardInterrupt
+    cleaned = []
+    class Cleanup(Callback):
+        def cleanup_fit(self): cleaned.append(True)
+    set_seed(0)
+    once = CtrlC()
+    learn = Learner(mlp(), DataLoaders.from_tensors(*digits, seed=0), lr=0.3, metrics=accuracy, cbs=Cleanup(), logger=None)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(3, cbs=once)
+    assert cleaned == [True] and once not in learn.cbs
+    assert not learn.model.training and not learn.training
+    assert all(p.grad is None for p in learn.model.parameters())  # no stale gradient leaks into the next step
+    learn.fit(6)
+    assert learn.metrics.log[-1]["valid_accuracy"] > 0.9
+
+
+def loss_curve(digits, seed):
+    losses = []
+    class Keep(Callback):
+        def after_loss(self):
+            if self.learn.training: losses.append(self.learn.loss.detach().clone())
+    set_seed(seed)
+    model = mlp(seed=seed)
+    Learner(model, DataLoaders.from_tensors(*digits, seed=seed), lr=0.3, cbs=Keep(), logger=None).fit(2)
+    return torch.stack(losses), params(model)
+
+
+def test_same_seed_same_loss_curve_bit_for_bit(digits):
+    (a, pa), (b, pb) = loss_curve(digits, 3), loss_curve(digits, 3)
+    assert torch.equal(a, b) and same(pa, pb)
+    c, _ = loss_curve(digits, 4)
+    assert not torch.equal(a, c)
+
+
+def test_pct_train_and_counters(digits):
+    seen = []
+    class Watch(Callback):
+        def before_batch(self):
+            if self.learn.training: seen.append((self.learn.epoch, self.learn.iter, self.learn.n_iters, self.learn.pct_train))
+    Learner(mlp(), tiny_dls(digits), cbs=Watch(), logger=None).fit(2)
+    assert seen == [(0, 0, 2, 0.0), (0, 1, 2, 0.25), (1, 0, 2, 0.5), (1, 1, 2, 0.75)]
