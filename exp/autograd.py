@@ -539,7 +539,7 @@ def numerical_grad(f, *xs, eps=1e-6):
         grads.append(g)
     return grads
 
-# %% nbs/02c_autograd.ipynb cell 59
+# %% nbs/02c_autograd.ipynb cell 61
 class Parameter(Variable):
     "A Variable that a Module registers as trainable."
     __slots__ = ()
@@ -579,11 +579,11 @@ class SGD:
     def __init__(self, params, lr): self.params, self.lr = list(params), lr
     def step(self):
         for p in self.params:
-            if p.grad is not None: p.data -= self.lr * p.grad.data
+            if p.grad is not None: p.data.add_(p.grad.data, alpha=-self.lr)  # in place, no temporary
     def zero_grad(self):
         for p in self.params: p.cleargrad()
 
-# %% nbs/02c_autograd.ipynb cell 63
+# %% nbs/02c_autograd.ipynb cell 65
 def dot_graph(output, verbose=False):
     "The graph that produced `output`, in Graphviz DOT text."
     def var_node(v):
