@@ -136,3 +136,33 @@ def test_adam_bias_correction_first_step_is_lr_sign():
     p = nn.Parameter(torch.tensor([1., 1., 1.])); p.grad = torch.tensor([1e-3, -5., 100.])
     Adam([p], lr=0.1, eps=0.).step()
     test_near(p, torch.tensor([0.9, 1.1, 0.9]), atol=1e-6)
+
+def test_param_groups_split_norm_and_bias():
+    from exp.param_groups import param_groups, no_decay_parameters, with_param_groups
+    from exp.norm import BatchNorm, RunningBatchNorm
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), BatchNorm(4), nn.Conv2d(4, 4, 3, bias=False), nn.BatchNorm2d(4),
+                          RunningBatchNorm(4), nn.LayerNorm(4), nn.Linear(4, 2))
+    decay, no_decay = param_groups(model)
+    test_eq(no_decay["weight_decay"], 0.)
+    assert "weight_decay" not in decay
+    test_eq({id(p) for p in decay["params"]}, {id(model[0].weight), id(model[2].weight), id(model[6].weight)})
+    test_eq(len(no_decay["params"]), 1 + 2 * 4 + 1)  # conv bias, 4 norms × (weight, bias), linear bias
+    test_eq(len(no_decay_parameters(model)), len(no_decay["params"]))
+    opt = with_param_groups(partial_adamw, model)(model.parameters(), lr=0.5)
+    test_eq([g["weight_decay"] for g in opt.param_groups], [0.1, 0.])
+    test_eq([g["lr"] for g in opt.param_groups], [0.5, 0.5])
+    torch_opt = with_param_groups(torch.optim.AdamW, model)(model.parameters(), lr=0.5)
+    test_eq([g["weight_decay"] for g in torch_opt.param_groups], [0.01, 0.])
+
+def partial_adamw(params, **hypers): return AdamW(params, weight_decay=0.1, **hypers)
+
+def test_learner_with_our_optimizer_equals_torch():
+    from exp.learner import Learner, DataLoaders
+    from exp.param_groups import with_param_groups
+    x, y = torch.rand(96, 64), torch.randint(0, 10, (96,))
+    def run(opt_func):
+        model = small_cnn()
+        dls = DataLoaders.from_tensors(x, y, x[:32], y[:32], batch_size=16, seed=0)
+        return Learner(model, dls, F.cross_entropy, lr=1e-2, opt_func=with_param_groups(opt_func, model), logger=None).fit(2).model
+    ours, theirs = run(partial_adamw), run(lambda ps, **h: torch.optim.AdamW(ps, weight_decay=0.1, **h))
+    for p, q in zip(ours.parameters(), theirs.parameters()): test_near(p, q, atol=1e-6, rtol=1e-6)
