@@ -7,8 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from exp.schedule import sched_lin, sched_cos, sched_exp, sched_no, combine_scheds, one_cycle
-from exp.testing import test_near
+from exp.schedule import (sched_lin, sched_cos, sched_exp, sched_no, combine_scheds, one_cycle, get_hyper,
+                          ParamScheduler, Recorder, LRFinder, lr_find, SaveBestModel, EarlyStopping)
+from exp.learner import Learner, DataLoaders, Callback
+from exp.testing import test_near, test_eq
 
 
 def torch_lrs(make_scheduler, n_steps, lr=0.5):
@@ -77,3 +79,159 @@ def test_one_cycle_equals_torch_one_cycle_lr():
     # torch counts steps 0..T-1 and ends its warm-up at step pct*T - 1
     ours = one_cycle(2.0, pct_start=(pct * T - 1) / (T - 1), div=25, div_final=25e4)
     test_near([(ours["lr"](s / (T - 1)), ours["mom"](s / (T - 1))) for s in range(T)], expected)
+
+
+# --- callbacks on a real Learner ----------------------------------------------------------------
+
+def make_dls(n_train=256, n_valid=128, batch_size=32, seed=0):
+    "A small learnable problem: labels from a fixed random linear map of the inputs."
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n_train + n_valid, 20, generator=g)
+    y = (x @ torch.randn(20, 4, generator=g)).argmax(1)
+    return DataLoaders.from_tensors(x[:n_train], y[:n_train], x[n_train:], y[n_train:], batch_size=batch_size, seed=seed)
+
+def make_model(seed=0, width=32):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(20, width), nn.ReLU(), nn.Linear(width, 4))
+
+class SeenHypers(Callback):
+    "What the optimizer holds when the step happens (after every before_batch ran)."
+    order = 99
+    def before_fit(self): self.seen = []
+    def after_backward(self):
+        g = self.learn.opt.param_groups
+        self.seen.append([(grp["lr"], grp.get("momentum"), grp.get("betas")) for grp in g])
+
+def test_param_scheduler_sets_param_groups_each_batch():
+    dls = make_dls()
+    model = make_model()
+    groups = lambda params: torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[2].parameters()}],
+                                            lr=params, momentum=0.9)
+    learn = Learner(model, dls, lr=0.1, opt_func=lambda params, lr: groups(lr), logger=None)
+    seen = SeenHypers()
+    n_epochs = 2
+    learn.fit(n_epochs, cbs=[ParamScheduler(lr=[sched_lin(0.1, 0.0), sched_cos(0.2, 0.0)], mom=sched_lin(0.9, 0.8)), seen])
+    total = n_epochs * len(dls.train)
+    test_eq(len(seen.seen), total)
+    for t, groups_seen in enumerate(seen.seen):
+        (lr0, mom0, _), (lr1, mom1, _) = groups_seen
+        assert lr0 == pytest.approx(0.1 * (1 - t / total)) and lr1 == pytest.approx(sched_cos(0.2, 0)(t / total))
+        assert mom0 == pytest.approx(0.9 - 0.1 * t / total) and mom1 == mom0
+
+def test_param_scheduler_equals_torch_cosine_scheduler():
+    dls = make_dls()
+    learn = Learner(make_model(), dls, lr=0.1, cbs=[Recorder()], logger=None)
+    learn.fit(3, cbs=[ParamScheduler(lr=sched_cos(0.1, 0.001))])
+    T = 3 * len(dls.train)
+    test_near(learn.recorder.lrs,
+              torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=T, eta_min=0.001), T, lr=0.1))
+    test_eq(len(learn.recorder.losses), T)
+    test_eq(learn.recorder.epoch_ends, [len(dls.train) * (i + 1) for i in range(3)])
+
+def test_param_scheduler_drives_adam_beta1_only():
+    learn = Learner(make_model(), make_dls(), opt_func=torch.optim.Adam, logger=None)
+    seen = SeenHypers()
+    learn.fit(1, cbs=[ParamScheduler(one_cycle(0.01, pct_start=0.5, moms=(0.95, 0.85, 0.95))), seen])
+    betas = [s[0][2] for s in seen.seen]
+    assert betas[0] == (pytest.approx(0.95), 0.999) and all(b[1] == 0.999 for b in betas)
+    assert min(b[0] for b in betas) == pytest.approx(0.85, abs=0.01)
+
+def test_param_scheduler_rejects_unknown_hyper_parameter():
+    learn = Learner(make_model(), make_dls(), logger=None)
+    with pytest.raises(KeyError, match="no hyper-parameter 'betas'"):
+        learn.fit(1, cbs=[ParamScheduler(betas=sched_no(0.9))])
+
+def trained_learner():
+    learn = Learner(make_model(), make_dls(), lr=0.05, opt_func=partial(torch.optim.SGD, momentum=0.9), logger=None)
+    learn.fit(1)
+    return learn
+
+def snapshot(learn):
+    import copy
+    return copy.deepcopy(learn.model.state_dict()), copy.deepcopy(learn.opt.state_dict())
+
+def assert_same_state(learn, saved):
+    model_state, opt_state = saved
+    for k, v in learn.model.state_dict().items(): assert torch.equal(v, model_state[k]), k
+    now = learn.opt.state_dict()
+    assert now["param_groups"] == opt_state["param_groups"]
+    for i, s in opt_state["state"].items(): assert torch.equal(now["state"][i]["momentum_buffer"], s["momentum_buffer"])
+
+def test_lr_find_restores_model_and_optimizer_exactly_and_training_continues_identically():
+    learn, twin = trained_learner(), trained_learner()
+    saved = snapshot(learn)
+    finder = lr_find(learn, num_it=30, show_plot=False)
+    assert len(finder.lrs) > 5
+    assert_same_state(learn, saved)
+    assert learn.lr == 0.05 and learn.check_loss and learn.logger is None
+    # the next fit is the one it would have been without the finder (fresh loaders with the same seed)
+    learn.dls, twin.dls = make_dls(seed=3), make_dls(seed=3)
+    learn.fit(1); twin.fit(1)
+    for a, b in zip(learn.model.parameters(), twin.model.parameters()): assert torch.equal(a, b)
+
+def test_lr_find_stops_on_divergence():
+    learn = trained_learner()
+    saved = snapshot(learn)
+    finder = lr_find(learn, start_lr=1e-3, end_lr=1e6, num_it=200, show_plot=False)
+    assert len(finder.lrs) < 200 and finder.lrs[-1] < 1e6
+    last = finder.losses[-1]
+    assert not math.isfinite(last) or finder.smoothed[-1] > 4 * finder.best
+    assert_same_state(learn, saved)
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+def test_lr_find_without_divergence_runs_num_it_batches_with_exponential_lrs():
+    learn = trained_learner()
+    finder = lr_find(learn, start_lr=1e-6, end_lr=1e-4, num_it=20, show_plot=False)
+    test_eq(len(finder.lrs), 20)
+    test_near(finder.lrs, [1e-6 * 100 ** (i / 20) for i in range(20)], rtol=1e-9)
+    sugg = finder.suggestions()
+    assert 1e-6 <= sugg["steep"] <= 1e-4
+
+class ValidLossScript(Callback):
+    "Overwrite the epoch's valid_loss with a scripted sequence, to test the monitors exactly."
+    order = 100.5
+    def __init__(self, values): self.values = values
+    def after_epoch(self): self.learn.metrics.log[-1]["valid_loss"] = self.values[self.learn.epoch]
+
+def test_early_stopping_stops_after_patience_epochs(capsys):
+    script = [1.0, 0.8, 0.9, 0.7, 0.75, 0.72, 0.71, 0.6, 0.5]
+    learn = Learner(make_model(), make_dls(), logger=None)
+    early = EarlyStopping(patience=3)
+    learn.fit(len(script), cbs=[ValidLossScript(script), early])
+    test_eq(early.best_epoch, 3); test_eq(early.stopped_epoch, 6)
+    test_eq(len(learn.metrics.log), 7)
+    assert "stopped after epoch 6" in capsys.readouterr().out
+    # min_delta: 0.8 after 1.0 is an improvement, 0.7 after 0.8 is not enough of one
+    early = EarlyStopping(patience=2, min_delta=0.15, verbose=False)
+    learn.fit(len(script), cbs=[ValidLossScript(script), early])
+    test_eq(early.best_epoch, 1); test_eq(early.stopped_epoch, 3)
+
+def test_save_best_model_keeps_the_best_weights(tmp_path):
+    script = [1.0, 0.5, 0.7, 0.9]
+    learn = Learner(make_model(), make_dls(), lr=0.1, logger=None)
+
+    class Snapshots(Callback):
+        order = 102
+        def before_fit(self): self.states = []
+        def after_epoch(self): self.states.append({k: v.clone() for k, v in self.learn.model.state_dict().items()})
+
+    snaps, best = Snapshots(), SaveBestModel(path=tmp_path / "best.pt")
+    learn.fit(len(script), cbs=[ValidLossScript(script), best, snaps])
+    test_eq(best.best_epoch, 1)
+    for k, v in learn.model.state_dict().items():
+        assert torch.equal(v, snaps.states[1][k]) and not torch.equal(v, snaps.states[-1][k])
+    on_disk = torch.load(tmp_path / "best.pt")
+    for k, v in snaps.states[1].items(): assert torch.equal(on_disk[k], v)
+
+def test_save_best_model_without_restore_and_max_mode():
+    from exp.learner import accuracy
+    learn = Learner(make_model(), make_dls(), lr=0.1, metrics=[accuracy], logger=None)
+    best = SaveBestModel("valid_accuracy", restore=False)
+    learn.fit(3, cbs=[best])
+    accs = [row["valid_accuracy"] for row in learn.metrics.log]
+    test_eq(best.mode, "max"); test_eq(best.best, max(accs))
+    for k, v in learn.model.state_dict().items(): assert best.best_state[k].data_ptr() != v.data_ptr()  # a copy
+
+def test_monitor_names_a_missing_metric():
+    learn = Learner(make_model(), make_dls(), logger=None)
+    with pytest.raises(KeyError, match="valid_f1"): learn.fit(1, cbs=[EarlyStopping("valid_f1")])
