@@ -4,7 +4,6 @@ __all__ = ['normalize', 'lin', 'relu', 'mse', 'mse_grad', 'relu_grad', 'lin_grad
 
 # %% nbs/02_fully_connected.ipynb cell 5
 import torch
-from torch import nn
 
 def normalize(x, mean, std):
     "Shift and scale `x` by the given (training set's) statistics."
