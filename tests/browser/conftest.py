@@ -110,18 +110,27 @@ class LabServer:
         return found
 
 
+def die_with_parent():
+    "Linux: SIGTERM the server if pytest itself is killed (no finalizer runs then); the server stops its kernels."
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def start_server(root, env, log_path, runtime_dir):
     token, port = secrets.token_hex(24), free_port()
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser",
            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-           f"--IdentityProvider.token={token}", "--ServerApp.password=",
            f"--ServerApp.root_dir={root}", "--ServerApp.terminals_enabled=False",
            "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-           "--ServerApp.shutdown_no_activity_timeout=1800", "--MappingKernelManager.cull_idle_timeout=0"]
+           "--ServerApp.shutdown_no_activity_timeout=600", "--MappingKernelManager.cull_idle_timeout=0"]
     if hasattr(os, "geteuid") and os.geteuid() == 0: cmd.append("--allow-root")  # containers run as root
     log = open(log_path, "ab")
+    env = dict(env, JUPYTER_TOKEN=token)  # not on the command line, where `ps` would show it
     process = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+                               stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
     log.close()
     server = LabServer(root, port, token, process, log_path, runtime_dir)
     deadline = time.monotonic() + SERVER_START_TIMEOUT

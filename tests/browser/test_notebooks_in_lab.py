@@ -28,6 +28,7 @@ class Expect:
     images: int = 0
     progress: bool = False
     timeout: float = 180  # seconds for Run All; 2 busy cores make a 20 s notebook take 60
+    known_issue: str = ""  # a reported bug the page shows: the test is xfail until it is fixed
 
 
 # Per-notebook expectations. A notebook not listed gets `expect_from_source` (plots when its
@@ -36,7 +37,10 @@ EXPECTATIONS = {
     "00_exports": Expect(),
     "00a_data": Expect(images=1),
     "01_matmul": Expect(images=1),
-    "09c_progress": Expect(images=1, progress=True),
+    "09c_progress": Expect(images=1, progress=True, known_issue=(
+        "ProgressCallback.before_fit calls mbar.on_iter_begin() and the first mbar.update(0) calls it "
+        "again (fastprogress does on a bar's first update): the first display, a grey 0/4 bar, stays "
+        "above the metrics table (also in the executed .ipynb)")),
 }
 # Run by default (all of nbs/ takes longer than five minutes on 2 shared cores; see the timings).
 DEFAULT_NOTEBOOKS = ["00_exports", "00a_data", "01_matmul", "09c_progress"]
@@ -127,7 +131,11 @@ FIGURE_AS_TEXT = re.compile(r"^<Figure size [\d.]+x[\d.]+ with \d+ Axes>$", re.M
 
 
 def problems_in(report, nb, expect):
-    "Everything a reader would see wrong, as readable lines (empty when the notebook is fine)."
+    """Everything a reader would see wrong, as readable lines (empty when the notebook is fine).
+
+    A progress bar completes when none is left short of its end or marked interrupted: a bar with
+    leave=True stays at 100%, a master bar replaces itself with its log (so its final 100% frame may
+    never reach the DOM; we only ask that it was seen moving)."""
     found = [f"a dialog is open: {text!r}" for text in report["dialogs"]]
     code_cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
     if len(code_cells) != len(report["cells"]):
@@ -150,8 +158,8 @@ def problems_in(report, nb, expect):
         found.append(f"{images} rendered plot(s) (<img>), expected at least {expect.images}")
     if expect.progress:
         if not report["seen"]: found.append("no fastprogress <progress> bar was rendered")
-        elif not any(b["max"] > 0 and b["value"] >= b["max"] for b in report["seen"]):
-            found.append(f"the progress bar never completed: {report['seen'][-3:]}")
+        elif not any(b["value"] > 0 for b in report["seen"]):
+            found.append(f"the progress bar never moved: {report['seen'][-3:]}")
     for bar in report["seen"]:
         if bar["interrupted"]: found.append(f"a progress bar was interrupted: {bar}")
     for bar in report["bars"]:
@@ -250,13 +258,22 @@ def record_timing(name, timings, outcome):
 
 # ---- the tests ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", all_names())
+def notebook_params():
+    "One test per notebook; the ones not run say why (decided at collection, so no server starts for them)."
+    for name in all_names():
+        reason = None
+        if not (NBS / f"{name}.ipynb").exists():
+            reason = f"nbs/{name}.ipynb does not exist yet (listed in DEFAULT_NOTEBOOKS or BROWSER_NOTEBOOKS)"
+        elif name not in selected_notebooks():
+            reason = f"{name} is not in the default browser subset; BROWSER_NOTEBOOKS=all (or ={name}) runs it"
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        if name in EXPECTATIONS and EXPECTATIONS[name].known_issue:
+            marks.append(pytest.mark.xfail(reason=EXPECTATIONS[name].known_issue, strict=False))
+        yield pytest.param(name, marks=marks)
+
+
+@pytest.mark.parametrize("name", list(notebook_params()))
 def test_notebook_runs_in_jupyterlab(name, browser, lab_server):
-    path = NBS / f"{name}.ipynb"
-    if not path.exists():
-        pytest.skip(f"nbs/{name}.ipynb does not exist yet (listed in DEFAULT_NOTEBOOKS/EXPECTATIONS)")
-    if name not in selected_notebooks():
-        pytest.skip(f"{name} is not in the default browser subset; BROWSER_NOTEBOOKS=all (or ={name}) runs it")
     nb = read_notebook(lab_server.root / "nbs" / f"{name}.ipynb")
     expect = EXPECTATIONS.get(name) or expect_from_source(nb)
     report, timings = run_in_lab(browser, lab_server, f"nbs/{name}.ipynb", expect)
@@ -266,17 +283,24 @@ def test_notebook_runs_in_jupyterlab(name, browser, lab_server):
     assert not problems, f"{name} in JupyterLab:\n- " + "\n- ".join(problems)
 
 
-BROKEN = {"cells": [
-    {"cell_type": "code", "source": "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\nplt.figure()"},
-    {"cell_type": "code", "source": "raise ValueError('the reader sees this')"},
-    {"cell_type": "code", "source": "print('never runs')"},
-]}
+BROKEN = [
+    "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\nplt.figure()",
+    "raise ValueError('the reader sees this')",
+    "print('never runs')",
+]
+
+
+def synthetic_notebook(sources):
+    "A clean notebook of code cells, with the project's python3 kernelspec."
+    cells = [{"cell_type": "code", "source": src, "metadata": {}, "outputs": [], "execution_count": None,
+              "id": f"c{i}"} for i, src in enumerate(sources)]
+    return {"nbformat": 4, "nbformat_minor": 5, "cells": cells,
+            "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}}}
 
 
 def test_checks_catch_a_broken_notebook(browser, lab_server):
     "The checks can fail: an exception, a figure shown as text, and cells that never ran are all reported."
-    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": read_notebook(NBS / "00_exports.ipynb")["metadata"],
-          "cells": [dict(c, metadata={}, outputs=[], execution_count=None, id=f"c{i}") for i, c in enumerate(BROKEN["cells"])]}
+    nb = synthetic_notebook(BROKEN)
     (lab_server.root / "nbs" / "_broken.ipynb").write_text(json.dumps(nb))
     report, _ = run_in_lab(browser, lab_server, "nbs/_broken.ipynb", Expect(images=1, progress=True))
     problems = "\n".join(problems_in(report, nb, Expect(images=1, progress=True)))
@@ -284,3 +308,34 @@ def test_checks_catch_a_broken_notebook(browser, lab_server):
     assert re.search(r"cell 1 \(.import matplotlib.\) shows a figure as text", problems), problems
     assert re.search(r"cell 3 \(.print\('never runs'\).\) has no execution count", problems), problems
     assert "0 rendered plot(s)" in problems and "no fastprogress <progress> bar" in problems, problems
+
+
+GOOD = [
+    "import time\nfrom fastprogress.fastprogress import master_bar, progress_bar",
+    "mb = master_bar(range(2))\nfor epoch in mb:\n    for i in progress_bar(range(4), parent=mb): time.sleep(0.05)\n    mb.write(f'epoch {epoch} done')",
+    "import matplotlib.pyplot as plt\nplt.figure(figsize=(2, 2)); plt.plot([3, 1, 2]);",
+]
+
+
+def test_checks_pass_a_good_notebook_with_a_progress_bar(browser, lab_server):
+    "A fastprogress master bar (it replaces itself with its log when done) is seen, complete, and a plot is an <img>."
+    nb = synthetic_notebook(GOOD)
+    (lab_server.root / "nbs" / "_good.ipynb").write_text(json.dumps(nb))
+    expect = Expect(images=1, progress=True)
+    report, _ = run_in_lab(browser, lab_server, "nbs/_good.ipynb", expect)
+    assert problems_in(report, nb, expect) == []
+    assert {bar["max"] for bar in report["seen"]} == {2, 4}, report["seen"]  # epochs, batches
+    assert not report["bars"], "the master bar should have given way to its log"
+
+
+def test_server_is_local_and_needs_its_token(lab_server):
+    "The server listens on 127.0.0.1 only and answers nothing without the token."
+    import urllib.error, urllib.request
+    import psutil
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{lab_server.base_url}/api/contents", timeout=10)
+    assert refused.value.code == 403
+    listening = [c.laddr for c in psutil.Process(lab_server.process.pid).net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
+    assert lab_server.api("/api/contents/nbs")["type"] == "directory"
