@@ -166,13 +166,16 @@ def expected_input(module):
     return ""
 
 def find_failing_layer(model, x):
-    "Run `model(x)` again with a pre-hook on every leaf layer: `(name, layer, input_shape)` of the last one entered."
+    "Run `model(x)` again, hooking every leaf layer: `(name, layer, input_shape, finished)` of the last one entered."
     entered = []
-    def hook(name):
-        def record(module, args): entered.append((name, module, _shape(args[0]) if len(args) == 1 else _shape(args)))
+    def before(name):
+        def record(module, args): entered.append([name, module, _shape(args[0]) if len(args) == 1 else _shape(args), False])
         return record
+    def after(module, args, output): entered[-1][3] = True
     modes = [(m, m.training) for m in model.modules()]
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in model.named_modules() if not list(m.children())]
+    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
+    handles = [m.register_forward_pre_hook(before(name)) for name, m in leaves]
+    handles += [m.register_forward_hook(after) for _, m in leaves]
     try:
         model.eval()  # no side effects on batchnorm statistics
         with torch.no_grad(): model(x)
@@ -180,16 +183,18 @@ def find_failing_layer(model, x):
     finally:
         for h in handles: h.remove()
         for m, mode in modes: m.train(mode)
-    return entered[-1] if entered else None
+    return tuple(entered[-1]) if entered else None
 
 def describe_forward_error(model, x, error):
     "A message naming the batch's shape, the layer that failed, and what it expects."
     msg = f"the model failed on a batch of inputs of shape {_shape(x)}"
     failing = find_failing_layer(model, x)
     if failing is not None:
-        name, layer, in_shape = failing
-        msg += f"; layer '{name}' ({layer}) got input of shape {in_shape}"
-        if expected_input(layer): msg += f" and {expected_input(layer)}"
+        name, layer, in_shape, finished = failing
+        if finished: msg += f"; the error came after layer '{name}' ({layer}), in the model's own forward"
+        else:
+            msg += f"; layer '{name}' ({layer}) got input of shape {in_shape}"
+            if expected_input(layer): msg += f" and {expected_input(layer)}"
     first = next((m for m in model.modules() if expected_input(m)), None)
     if first is not None and (failing is None or first is not failing[1]):
         msg += f"; the first layer ({first}) {expected_input(first)}"

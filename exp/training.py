@@ -111,8 +111,10 @@ def collate(items):
 _default_collate = collate
 
 def _indexes_in_batches(dataset):
-    "Whether `dataset[tensor_of_indices]` returns a whole batch (tensor-backed datasets)."
-    return isinstance(dataset, (Dataset, torch.utils.data.TensorDataset))
+    "Whether `dataset[tensor_of_indices]` returns a whole batch: ours or `TensorDataset` as they are, or opted in."
+    if getattr(dataset, "indexes_in_batches", False): return True
+    # a subclass that overrides __getitem__ (say, to transform each item) gets the safe per-item path
+    return type(dataset).__getitem__ in (Dataset.__getitem__, torch.utils.data.TensorDataset.__getitem__)
 
 class DataLoader:
     "Batches from any map-style dataset; tensor-backed datasets are indexed a batch at a time."

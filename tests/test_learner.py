@@ -349,3 +349,14 @@ def test_pct_train_and_counters(digits):
             if self.learn.training: seen.append((self.learn.epoch, self.learn.iter, self.learn.n_iters, self.learn.pct_train))
     Learner(mlp(), tiny_dls(digits), cbs=Watch(), logger=None).fit(2)
     assert seen == [(0, 0, 2, 0.0), (0, 1, 2, 0.25), (1, 0, 2, 0.5), (1, 1, 2, 0.75)]
+
+
+def test_error_in_models_own_forward_names_the_last_layer():
+    class Reshaper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(64, 10)
+        def forward(self, x): return self.lin(x).view(-1, 3, 3)  # 10 does not split into 3×3
+    x, y = torch.randn(20, 64), torch.randint(0, 10, (20,))
+    with pytest.raises(RuntimeError, match=r"\(10, 64\); the error came after layer 'lin'"):
+        Learner(Reshaper(), DataLoaders.from_tensors(x, y, x, y, batch_size=10), logger=None).fit(1)

@@ -107,6 +107,7 @@ def test_dataloader_batches_equal_manual_indexing():
 def test_dataloader_uses_batched_indexing_for_tensors():
     calls = []
     class Counting(Dataset):
+        indexes_in_batches = True  # opting in: this __getitem__ accepts a tensor of indices
         def __getitem__(self, i):
             calls.append(i)
             return super().__getitem__(i)
@@ -181,3 +182,15 @@ def test_fit_learns_a_separable_problem(capsys):
     valid = DataLoader(Dataset(x[300:], y[300:]), 64)
     loss, acc = fit(5, model, cross_entropy, Optimizer(model.parameters(), lr=0.5), train, valid)
     assert acc > 0.9 and "valid accuracy" in capsys.readouterr().out
+
+
+def test_dataset_subclass_with_per_item_getitem_gets_per_item_path():
+    class Noisy(Dataset):
+        def __getitem__(self, i):
+            assert isinstance(i, int), "per-item transforms expect one index"
+            return self.x[i] * 2, self.y[i]
+    x, y = data(20)
+    dl = DataLoader(Noisy(x, y), 8)
+    assert not dl.batched
+    xb, yb = next(iter(dl))
+    assert torch.equal(xb, x[:8] * 2) and torch.equal(yb, y[:8])
