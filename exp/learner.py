@@ -345,6 +345,30 @@ class Learner:
     def _all_epochs(self):
         for self.epoch in range(self.n_epochs): run_phase(self, "epoch", self._one_epoch)
 
+    def _predict_batch(self):
+        self.predict(); self.callback("after_pred")
+
+    def get_preds(self, dl=None):
+        "`(preds, targets)` over `dl` (default: the validation set), in eval mode without gradients."
+        self.dl = dl if dl is not None else self.dls.valid
+        self.training, self.n_iters, preds, targets = False, _length(self.dl), [], []
+        self.model.eval()
+        with torch.no_grad():
+            # only the batch events run (e.g. a callback moving batches to the GPU): this is not a fit
+            for self.iter, self.batch in enumerate(self.dl):
+                run_phase(self, "batch", self._predict_batch)
+                preds.append(self.preds)
+                if self.yb is not None: targets.append(self.yb)
+        return torch.cat(preds), (torch.cat(targets) if targets else None)
+
+    def validate(self, dl=None):
+        "The loss and metrics over `dl` (default: the validation set), computed on all its predictions at once."
+        preds, targets = self.get_preds(dl)
+        results = {"loss": float(self.loss_func(preds, targets))}
+        metric_funcs = next((cb.metric_funcs for cb in self.cbs if isinstance(cb, MetricsCallback)), {})
+        results.update({name: float(func(preds, targets)) for name, func in metric_funcs.items()})
+        return results
+
     def create_opt(self):
         "A fresh optimizer over the model's parameters: `opt_func(params, lr=self.lr)`."
         self.opt = self.opt_func(self.model.parameters(), lr=self.lr)

@@ -360,3 +360,21 @@ def test_error_in_models_own_forward_names_the_last_layer():
     x, y = torch.randn(20, 64), torch.randint(0, 10, (20,))
     with pytest.raises(RuntimeError, match=r"\(10, 64\); the error came after layer 'lin'"):
         Learner(Reshaper(), DataLoaders.from_tensors(x, y, x, y, batch_size=10), logger=None).fit(1)
+
+
+def test_get_preds_and_validate_equal_direct_computation(digits):
+    x_train, y_train, x_valid, y_valid = digits
+    set_seed(0)
+    learn = Learner(mlp(), DataLoaders.from_tensors(*digits, seed=0), lr=0.3, metrics=accuracy, logger=None).fit(2)
+    log_before = dict(learn.metrics.log[-1])
+    preds, targets = learn.get_preds()
+    with torch.no_grad(): direct = learn.model(x_valid)
+    assert torch.allclose(preds, direct, atol=1e-6) and torch.equal(targets, y_valid)
+    results = learn.validate()
+    assert abs(results["accuracy"] - accuracy(direct, y_valid).item()) < 1e-7
+    assert abs(results["loss"] - log_before["valid_loss"]) < 1e-5 and learn.metrics.log[-1] == log_before
+    train_preds, _ = learn.get_preds(learn.dls.train)
+    assert len(train_preds) == len(x_train)
+    unlabeled = DataLoader(torch.utils.data.TensorDataset(x_valid[:10]), 4)
+    preds, targets = learn.get_preds(unlabeled)
+    assert preds.shape == (10, 10) and targets is None
