@@ -85,7 +85,7 @@ def save_checkpoint(learn, path, epoch=None, iter=0, epoch_start_rng=None, extra
     "Save everything needed to resume `learn` at (`epoch`, `iter`) to `path`, atomically."
     metrics = getattr(learn, "metrics", None)
     ckpt = {"format": FORMAT,
-            "model": learn.model.state_dict(),
+            "model": _unwrap(learn.model).state_dict(),
             "opt": learn.opt.state_dict() if learn.opt is not None else None,
             "epoch": learn.epoch if epoch is None else epoch, "iter": iter,
             "train_iter": learn.train_iter, "n_epochs": learn.n_epochs,
@@ -95,10 +95,18 @@ def save_checkpoint(learn, path, epoch=None, iter=0, epoch_start_rng=None, extra
             "extra": extra or {}}
     return atomic_save(ckpt, path)
 
+def _unwrap(model):
+    "The model inside a `DistributedDataParallel` wrapper (its state dict has no `module.` prefix)."
+    return getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model
+
+def _is_main_process():
+    "Rank 0, or no process group: only one process writes checkpoints."
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
 def load_checkpoint(learn, path, with_opt=True, with_rng=True):
     "Restore model, optimizer and RNG states of `learn` from `path`; return the checkpoint dict."
     ckpt = read_checkpoint(path)
-    learn.model.load_state_dict(ckpt["model"])
+    _unwrap(learn.model).load_state_dict(ckpt["model"])
     if with_opt and ckpt["opt"] is not None:
         if learn.opt is None: learn.create_opt()
         learn.opt.load_state_dict(ckpt["opt"])
@@ -166,6 +174,7 @@ class CheckpointCallback(Callback):
                 self._save(self.best_path, epoch=learn.epoch + 1, iter=0)
 
     def _save(self, path, epoch, iter, train_iter=None):
+        if not _is_main_process(): return  # in data-parallel training the replicas are equal: rank 0 saves
         learn, saved_train_iter = self.learn, self.learn.train_iter
         if train_iter is not None: learn.train_iter = train_iter  # the position the checkpoint resumes at
         try:
