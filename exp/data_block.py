@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from .learner import DataLoaders
 
 # %% nbs/08_data_block.ipynb cell 5
 def to_uint8(x):
@@ -195,3 +196,7 @@ class DataBlock:
         self.processor = processor
         return tuple(LabelledImages([items[i] for i in idx], encoded[idx], self.item_tfms, processor.vocab)
                      for idx in (train_idx, valid_idx))
+
+    def dataloaders(self, source, batch_size=64, seed=None):
+        "The Learner's `DataLoaders` over `datasets(source)`: train shuffled (seeded), valid in order."
+        return DataLoaders.from_datasets(*self.datasets(source), batch_size=batch_size, seed=seed, collate=collate_images)
