@@ -5,7 +5,6 @@ __all__ = ['Hook', 'Hooks', 'append_stats', 'histogram_image', 'near_zero_fracti
 # %% nbs/06a_hooks.ipynb cell 3
 from functools import partial
 import torch
-from torch import nn
 from .learner import Callback
 
 # %% nbs/06a_hooks.ipynb cell 6

@@ -7,6 +7,14 @@ from torch import nn
 from exp.optimizers import Optimizer, SGD, Adam, AdamW, LAMB, sgd_step, L2Regularization, weight_decay_step
 from exp.testing import test_near, test_eq
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    "Tiny batches: one torch thread is much faster than two fighting other processes for the cores."
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 def small_cnn():
     torch.manual_seed(0)
     return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, 2, 1), nn.BatchNorm2d(4), nn.ReLU(),
