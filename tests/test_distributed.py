@@ -1,5 +1,5 @@
 "Data-parallel training: 2 gloo processes × batch b equal 1 process × batch 2b; the callback in a world of one."
-import os, socket, subprocess, sys, time
+import os, socket, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -30,10 +30,8 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
            f"--master_port={free_port()}", str(ROOT / "benchmarks" / "ddp_train.py"),
            "--steps", str(steps), "--batch-size", str(batch), "--save", str(out)]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)  # bounded: a hung rendezvous fails the test
     assert result.returncode == 0, result.stderr[-3000:]
-    assert time.perf_counter() - start < 90
     assert "world_size=2" in result.stdout and f"samples={2 * steps * batch}" in result.stdout, result.stdout
     ddp = torch.load(out, weights_only=True)
     reference = ddp_train.reference_params(steps, 2 * batch)
