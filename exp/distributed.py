@@ -43,8 +43,10 @@ def setup_distributed(backend=None):
     return torch.device("cpu")
 
 def cleanup_distributed():
-    "Leave the process group (after training)."
-    if is_distributed(): dist.destroy_process_group()
+    "Leave the process group (after training), all processes together."
+    if not is_distributed(): return
+    dist.barrier()  # a process that leaves while a peer still talks to it can abort that peer (gloo)
+    dist.destroy_process_group()
 
 # %% nbs/13_distributed.ipynb cell 10
 def shard_loader(dl, shuffle, seed=0, rank=None, world_size=None):
