@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Time to accuracy: XResNet trained by our Learner vs the same model and schedule in a raw PyTorch loop,
+vs PyTorch's classic MNIST example (two convs, Adadelta, StepLR), to the same validation accuracy.
+
+    python benchmarks/time_to_accuracy.py --dataset digits --runs 3          # target 98.5%
+    python benchmarks/time_to_accuracy.py --dataset mnist --data-home /work/shared/data --runs 1 --time-limit 600
+
+Each contender trains until its validation accuracy (checked after every epoch) reaches the target, or
+its epochs or the time limit run out; the clock covers training and the per-epoch validation, not
+data loading or model creation. Runs are interleaved (ours, raw, example, ours, ...) with a new seed
+per round; medians and paired ratios are printed as a markdown table.
+"""
+import argparse, math, os, statistics, sys, time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from exp.data import get_data
+from exp.learner import Learner, DataLoaders, Callback, CancelFitException, accuracy
+from exp.schedule import ParamScheduler, one_cycle, get_hyper, set_hyper
+from exp.optimizers import AdamW
+from exp.augment import BatchAugment, AugmentCallback
+from exp.mixup import LabelSmoothingCrossEntropy
+from exp.resnet import xresnet_small
+
+TARGETS = {"digits": 0.985, "mnist": 0.994}
+# the recipe of nbs/11_resnet.ipynb: epochs of the one-cycle schedule, peak lr, batch size
+RECIPES = {"digits": dict(epochs=12, lr=1e-2, batch_size=64), "mnist": dict(epochs=5, lr=1e-2, batch_size=128)}
+
+
+def load(dataset, device):
+    "Normalised image tensors on `device`, and the image side."
+    x_train, y_train, x_valid, y_valid = get_data(dataset)
+    size = int(math.isqrt(x_train.shape[1]))
+    mean, std = x_train.mean(), x_train.std()
+    prep = lambda x: ((x - mean) / std).view(-1, 1, size, size).to(device)
+    return prep(x_train), y_train.to(device), prep(x_valid), y_valid.to(device), size
+
+
+class StopAtTarget(Callback):
+    "Note the time when validation accuracy first reaches the target, and stop there."
+    order = 200
+    def __init__(self, target, time_limit): self.target, self.time_limit = target, time_limit
+    def before_fit(self): self.start, self.reached, self.epochs, self.best, self.elapsed = time.perf_counter(), None, 0, 0.0, 0.0
+    def after_epoch(self):
+        acc, self.epochs = self.learn.metrics.values("valid_accuracy")[-1], self.learn.epoch + 1
+        self.best = max(self.best, acc)
+        self.elapsed = elapsed = time.perf_counter() - self.start
+        if acc >= self.target:
+            self.reached = elapsed
+            raise CancelFitException()
+        if elapsed > self.time_limit: raise CancelFitException()
+
+
+def run_ours(data, recipe, target, seed, time_limit):
+    "Our Learner, one-cycle ParamScheduler, our AdamW, batch augmentation, label smoothing."
+    x_train, y_train, x_valid, y_valid, size = data
+    torch.manual_seed(seed)
+    model = xresnet_small(image_size=size).to(x_train.device)
+    dls = DataLoaders.from_tensors(x_train, y_train, x_valid, y_valid, batch_size=recipe["batch_size"], seed=seed)
+    stop = StopAtTarget(target, time_limit)
+    learn = Learner(model, dls, loss_func=LabelSmoothingCrossEntropy(0.1), lr=recipe["lr"], opt_func=AdamW,
+                    metrics=[accuracy], logger=None,
+                    cbs=[ParamScheduler(one_cycle(recipe["lr"])), AugmentCallback(BatchAugment(pad=1, max_rotate=10, max_zoom=0.1, seed=seed)), stop])
+    learn.fit(recipe["epochs"])
+    return stop.reached, stop.epochs, stop.best, stop.elapsed
+
+
+def evaluate(model, x_valid, y_valid, batch_size=1024):
+    model.eval()
+    with torch.no_grad():
+        correct = sum((model(x_valid[i:i + batch_size]).argmax(1) == y_valid[i:i + batch_size]).sum().item()
+                      for i in range(0, len(x_valid), batch_size))
+    return correct / len(x_valid)
+
+
+def run_raw(data, recipe, target, seed, time_limit):
+    "The same model, schedule (lr and β1 from one_cycle), AdamW, augmentation and loss, in a hand-written loop."
+    x_train, y_train, x_valid, y_valid, size = data
+    torch.manual_seed(seed)
+    model = xresnet_small(image_size=size).to(x_train.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"])
+    scheds, augment = one_cycle(recipe["lr"]), BatchAugment(pad=1, max_rotate=10, max_zoom=0.1, seed=seed)
+    bs, n, epochs = recipe["batch_size"], len(x_train), recipe["epochs"]
+    total, step = epochs * math.ceil(n / bs), 0
+    generator, start, best = torch.Generator().manual_seed(seed), time.perf_counter(), 0.0
+    for epoch in range(epochs):
+        model.train()
+        for idx in torch.randperm(n, generator=generator).split(bs):
+            idx = idx.to(x_train.device)
+            for group in opt.param_groups:
+                for name, sched in scheds.items(): set_hyper(group, name, sched(step / total))
+            loss = F.cross_entropy(model(augment(x_train[idx])), y_train[idx], label_smoothing=0.1)
+            loss.backward(); opt.step(); opt.zero_grad(); step += 1
+        acc = evaluate(model, x_valid, y_valid)
+        best, elapsed = max(best, acc), time.perf_counter() - start
+        if acc >= target: return elapsed, epoch + 1, best, elapsed
+        if elapsed > time_limit: break
+    return None, epoch + 1, best, elapsed
+
+
+class ExampleNet(nn.Module):
+    "The network of PyTorch's examples/mnist/main.py, sized for any square input."
+    def __init__(self, size):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 32, 3, 1), nn.Conv2d(32, 64, 3, 1)
+        self.dropout1, self.dropout2 = nn.Dropout(0.25), nn.Dropout(0.5)
+        self.fc1, self.fc2 = nn.Linear(64 * ((size - 4) // 2) ** 2, 128), nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        x = self.dropout1(torch.flatten(F.max_pool2d(x, 2), 1))
+        return self.fc2(self.dropout2(F.relu(self.fc1(x))))
+
+
+def run_example(data, recipe, target, seed, time_limit):
+    "PyTorch's MNIST example recipe: batch 64, Adadelta lr=1.0, StepLR(1, γ=0.7), 14 epochs, no augmentation."
+    x_train, y_train, x_valid, y_valid, size = data
+    torch.manual_seed(seed)
+    model = ExampleNet(size).to(x_train.device)
+    opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+    generator, start, best = torch.Generator().manual_seed(seed), time.perf_counter(), 0.0
+    for epoch in range(recipe.get("example_epochs", 14)):
+        model.train()
+        for idx in torch.randperm(len(x_train), generator=generator).split(64):
+            idx = idx.to(x_train.device)
+            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            opt.zero_grad(); loss.backward(); opt.step()
+        sched.step()
+        acc = evaluate(model, x_valid, y_valid)
+        best, elapsed = max(best, acc), time.perf_counter() - start
+        if acc >= target: return elapsed, epoch + 1, best, elapsed
+        if elapsed > time_limit: break
+    return None, epoch + 1, best, elapsed
+
+
+CONTENDERS = {"ours (Learner)": run_ours, "raw PyTorch loop": run_raw, "PyTorch MNIST example": run_example}
+
+
+def fmt(seconds): return "—" if seconds is None else f"{seconds:.1f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(TARGETS), default="digits")
+    parser.add_argument("--data-home", help="folder holding mnist/ (sets EXP_DATA_HOME)")
+    parser.add_argument("--device", default="all", help="cpu, cuda, or all (cpu, and cuda when available)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these small convs on a shared machine)")
+    parser.add_argument("--time-limit", type=float, default=600, help="seconds per contender and run before giving up")
+    parser.add_argument("--epochs", type=int, help="length of the one-cycle schedule for ours/raw (default: the recipe's)")
+    parser.add_argument("--example-epochs", type=int, default=14, help="epochs of the MNIST example recipe")
+    parser.add_argument("--only", nargs="*", choices=sorted(CONTENDERS), help="run only these contenders")
+    args = parser.parse_args()
+    if args.data_home: os.environ["EXP_DATA_HOME"] = args.data_home
+    torch.set_num_threads(args.threads)
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    target, recipe = TARGETS[args.dataset], dict(RECIPES[args.dataset])
+    if args.epochs: recipe["epochs"] = args.epochs
+    recipe["example_epochs"] = args.example_epochs
+    contenders = {k: v for k, v in CONTENDERS.items() if not args.only or k in args.only}
+
+    print(f"# Time to {target:.1%} validation accuracy on {args.dataset}\n")
+    print(f"torch {torch.__version__}, {args.threads} CPU thread(s), {os.cpu_count()} cores visible, "
+          f"{args.runs} interleaved run(s); recipe for ours/raw: {recipe['epochs']}-epoch one-cycle, "
+          f"lr {recipe['lr']}, batch {recipe['batch_size']}\n")
+    for device in devices:
+        data = load(args.dataset, device)
+        results = {name: [] for name in contenders}
+        for run in range(args.runs):
+            for name, func in contenders.items():
+                results[name].append(func(data, recipe, target, seed=run, time_limit=args.time_limit))
+                seconds, epochs, best, elapsed = results[name][-1]
+                print(f"<!-- {device} run {run} {name}: target at {fmt(seconds)}s, {epochs} epochs in {elapsed:.1f}s, "
+                      f"best {best:.4f} -->", flush=True)
+        print(f"\n## {device}\n")
+        print("| contender | median time to target (s) | runs reaching target | epochs (median) | s per epoch (median) | best accuracy (median) | × raw loop | × MNIST example |")
+        print("|---|---|---|---|---|---|---|---|")
+        def med_time(name):
+            times = [r[0] for r in results.get(name, []) if r[0] is not None]
+            return statistics.median(times) if times else None
+        for name, rows in results.items():
+            t, raw, ex = med_time(name), med_time("raw PyTorch loop"), med_time("PyTorch MNIST example")
+            ratio = lambda other: "—" if t is None or other is None else f"{t / other:.2f}"
+            print(f"| {name} | {fmt(t)} | {sum(r[0] is not None for r in rows)}/{len(rows)} | "
+                  f"{statistics.median(r[1] for r in rows):.0f} | {statistics.median(r[3] / r[1] for r in rows):.2f} | "
+                  f"{statistics.median(r[2] for r in rows):.4f} | "
+                  f"{ratio(raw)} | {ratio(ex)} |")
+        # paired ratios: ours / raw within the same round
+        pairs = [a[0] / b[0] for a, b in zip(results.get("ours (Learner)", []), results.get("raw PyTorch loop", []))
+                 if a[0] is not None and b[0] is not None]
+        if pairs: print(f"\nPaired ratio ours / raw loop per round: {', '.join(f'{p:.2f}' for p in pairs)} "
+                        f"(median {statistics.median(pairs):.2f}).")
+
+
+if __name__ == "__main__":
+    main()
