@@ -1,0 +1,294 @@
+#!/usr/bin/env python
+"""One training epoch of the same small CNN, five ways, measured in one run.
+
+    python benchmarks/train_loop.py                      # MNIST from ../shared/data when present
+    python benchmarks/train_loop.py --dataset digits --runs 7
+
+Contenders (same model and initial weights, data order, optimizer, batch size and loss):
+  raw          a hand-written PyTorch loop over shuffled in-memory tensors
+  raw+torchDL  the same loop fed by torch.utils.data.DataLoader(TensorDataset)
+  learner      our Learner with its default callbacks and an accuracy metric
+  learner+bar  the same with our ProgressCallback (fastprogress) on
+  lightning    PyTorch Lightning's Trainer (progress bar, logger, checkpointing, summary off)
+An "epoch" is one pass over the training set plus one over the validation set. The contenders run
+interleaved, in a rotating order, after one untimed warm-up round; we quote medians and the median
+of the per-round ratios to `raw`. Then our DataLoader against torch's on the same tensors.
+"""
+import argparse, io, os, platform, statistics, sys, time, contextlib, warnings
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def load(dataset):
+    "Train and valid tensors shaped (N, 1, size, size), plus labels."
+    if dataset == "mnist" and not os.environ.get("EXP_DATA_HOME") and (SHARED_DATA / "mnist").exists():
+        os.environ["EXP_DATA_HOME"] = str(SHARED_DATA)
+    from exp.data import get_data, image_size
+    x_train, y_train, x_valid, y_valid = get_data(dataset)
+    size = image_size(dataset)
+    return x_train.view(-1, 1, size, size), y_train, x_valid.view(-1, 1, size, size), y_valid
+
+
+def make_cnn(seed):
+    "A small CNN (four stride-2 convolutions, average pool, linear) with seeded initial weights."
+    torch.manual_seed(seed)
+    def conv(ni, nf): return nn.Sequential(nn.Conv2d(ni, nf, 3, stride=2, padding=1), nn.ReLU())
+    return nn.Sequential(conv(1, 8), conv(8, 16), conv(16, 32), conv(32, 32),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def now():
+    "Wall-clock and this process's CPU time: on a loaded shared machine the CPU time is the steadier measure."
+    return time.perf_counter(), time.process_time()
+
+def since(start):
+    wall, cpu = now()
+    return wall - start[0], cpu - start[1]
+
+
+def make_linear(seed):
+    "A linear model: almost no compute per batch, so an epoch's time is the loop's own overhead."
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+
+def make_opt(params, lr):
+    return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+
+@torch.no_grad()
+def accuracy_of(model, x, y, bs=1000):
+    "Validation accuracy, computed the same way for every contender (not timed)."
+    model.eval()
+    return sum((model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum().item() for i in range(0, len(x), bs)) / len(x)
+
+
+# --- (a) and (b): hand-written loops --------------------------------------------------------------
+
+@torch.no_grad()
+def raw_validate(model, batches):
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for xb, yb in batches:
+        preds = model(xb)
+        total_loss += F.cross_entropy(preds, yb, reduction="sum").item()
+        correct += (preds.argmax(1) == yb).sum().item(); count += len(yb)
+    return total_loss / count, correct / count
+
+
+def run_raw(data, args):
+    x_train, y_train, x_valid, y_valid = data
+    model = args.make_model(args.seed); opt = make_opt(model.parameters(), args.lr)
+    start = now()
+    model.train()
+    order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))
+    for i in range(0, len(x_train), args.bs):
+        idx = order[i:i + args.bs]
+        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+        loss.backward(); opt.step(); opt.zero_grad()
+    vbs = 2 * args.bs  # validation batches twice as large, as in DataLoaders.from_tensors
+    raw_validate(model, ((x_valid[i:i + vbs], y_valid[i:i + vbs]) for i in range(0, len(x_valid), vbs)))
+    return since(start), model
+
+
+def torch_loaders(data, args):
+    from torch.utils.data import DataLoader, TensorDataset
+    x_train, y_train, x_valid, y_valid = data
+    # The same shuffled order as the other contenders (torch's RandomSampler would first draw a seed
+    # for its workers from the generator, and so visit the items in another order).
+    order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    train = DataLoader(TensorDataset(x_train, y_train), batch_size=args.bs, sampler=order)
+    return train, DataLoader(TensorDataset(x_valid, y_valid), batch_size=2 * args.bs)
+
+
+def run_raw_torch_dl(data, args):
+    model = args.make_model(args.seed); opt = make_opt(model.parameters(), args.lr)
+    start = now()
+    train, valid = torch_loaders(data, args)
+    model.train()
+    for xb, yb in train:
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward(); opt.step(); opt.zero_grad()
+    raw_validate(model, valid)
+    return since(start), model
+
+
+# --- (c) and (d): our Learner -----------------------------------------------------------------------
+
+def run_learner(data, args, progress=False):
+    from exp.learner import Learner, DataLoaders
+    from exp.training import accuracy
+    model = args.make_model(args.seed)
+    start = now()
+    dls = DataLoaders.from_tensors(*data, batch_size=args.bs, seed=args.seed)
+    cbs = []
+    if progress:
+        from exp.progress import ProgressCallback
+        cbs.append(ProgressCallback(bars=True))  # the console bars, even when stdout is not a terminal
+    learn = Learner(model, dls, loss_func=F.cross_entropy, lr=args.lr, opt_func=make_opt,
+                    metrics=[accuracy], cbs=cbs)
+    with contextlib.redirect_stdout(io.StringIO()):  # the console table is not part of the benchmark output
+        learn.fit(1)
+    return since(start), model
+
+
+# --- (e) PyTorch Lightning --------------------------------------------------------------------------
+
+def run_lightning(data, args):
+    import pytorch_lightning as pl
+
+    class LitCNN(pl.LightningModule):
+        def __init__(self, model): super().__init__(); self.model = model
+        def forward(self, x): return self.model(x)
+        def training_step(self, batch, batch_idx):
+            xb, yb = batch
+            return F.cross_entropy(self.model(xb), yb)
+        def validation_step(self, batch, batch_idx):
+            xb, yb = batch
+            preds = self.model(xb)
+            self.log_dict({"valid_loss": F.cross_entropy(preds, yb), "accuracy": (preds.argmax(1) == yb).float().mean()},
+                          batch_size=len(yb))
+        def configure_optimizers(self): return make_opt(self.parameters(), args.lr)
+
+    model = args.make_model(args.seed)
+    start = now()
+    train, valid = torch_loaders(data, args)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+    with contextlib.redirect_stdout(io.StringIO()):  # Lightning's tips
+        trainer.fit(LitCNN(model), train, valid)
+    return since(start), model
+
+
+CONTENDERS = {"raw": run_raw, "raw+torchDL": run_raw_torch_dl, "learner": run_learner,
+              "learner+bar": partial(run_learner, progress=True), "lightning": run_lightning}
+
+
+def bench_epochs(data, args, names):
+    times = {name: [] for name in names}
+    cpu_times = {name: [] for name in names}
+    accuracy = {}
+    warmup = tuple(t[:len(t) // 10] for t in data)
+    for round_ in range(args.runs + 1):  # round 0 warms up on a tenth of the data (imports, allocator, Lightning)
+        order = names[round_ % len(names):] + names[:round_ % len(names)]
+        for name in order:
+            (seconds, cpu), model = CONTENDERS[name](data if round_ else warmup, args)
+            if round_: times[name].append(seconds); cpu_times[name].append(cpu)
+            accuracy[name] = accuracy_of(model, data[2], data[3])
+        if round_: print(f"  round {round_}: " + ", ".join(f"{n} {times[n][-1]:.2f}s ({cpu_times[n][-1]:.2f}s cpu)" for n in names),
+                         file=sys.stderr, flush=True)
+    return times, cpu_times, accuracy
+
+
+def bench_overhead(data, args, runs=7):
+    "CPU seconds per epoch of raw vs learner on a linear model: the Learner's own cost per batch."
+    tiny = argparse.Namespace(**{**vars(args), "make_model": make_linear})
+    if data[0].shape[-1] != 28: tiny.make_model = lambda seed: (torch.manual_seed(seed), nn.Sequential(nn.Flatten(), nn.Linear(data[0][0].numel(), 10)))[1]
+    cpu = {"raw": [], "learner": []}
+    for round_ in range(runs + 1):
+        for name in (["raw", "learner"] if round_ % 2 else ["learner", "raw"]):
+            (_, seconds), _ = CONTENDERS[name](data, tiny)
+            if round_: cpu[name].append(seconds)
+    return cpu
+
+
+# --- our DataLoader vs torch's ----------------------------------------------------------------------
+
+def batches_per_second(make_loader, n_epochs):
+    loader = make_loader()
+    start = time.perf_counter(); n = 0
+    for _ in range(n_epochs):
+        for xb, yb in loader: n += 1
+    return n / (time.perf_counter() - start)
+
+
+def bench_dataloaders(data, args):
+    from torch.utils.data import DataLoader as TorchDL, TensorDataset, BatchSampler, RandomSampler
+    from exp.training import Dataset, DataLoader
+    x, y = data[0], data[1]
+    loaders = {
+        "ours (shuffled)": lambda: DataLoader(Dataset(x, y), args.bs, shuffle=True, seed=args.seed),
+        "torch (shuffled)": lambda: TorchDL(TensorDataset(x, y), batch_size=args.bs, shuffle=True),
+        # torch's fast idiom for in-memory tensors: index a whole batch at once
+        "torch, batched sampler": lambda: TorchDL(TensorDataset(x, y), batch_size=None,
+                                                  sampler=BatchSampler(RandomSampler(x), args.bs, drop_last=False)),
+    }
+    rates = {name: [] for name in loaders}
+    for round_ in range(args.runs + 1):
+        for name, make in loaders.items():
+            rate = batches_per_second(make, args.dl_epochs)
+            if round_: rates[name].append(rate)
+    return rates
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
+    parser.add_argument("--runs", type=int, default=3, help="timed rounds (after one warm-up round)")
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dl_epochs", type=int, default=1, help="epochs per DataLoader measurement")
+    parser.add_argument("--only", nargs="*", default=None, help="a subset of the contenders")
+    parser.add_argument("--skip_epochs", action="store_true", help="only the overhead and DataLoader measurements")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; on a shared 2-core machine 2 threads oversubscribe and swing 20x")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    import logging; logging.getLogger("pytorch_lightning").setLevel(logging.ERROR); logging.getLogger("lightning").setLevel(logging.ERROR)
+
+    args.make_model = make_cnn
+    data = load(args.dataset)
+    names = args.only or list(CONTENDERS)
+    load_before = os.getloadavg()
+    if not args.skip_epochs: times, cpu_times, accuracy = bench_epochs(data, args, names)
+    overhead = bench_overhead(data, args)
+    rates = bench_dataloaders(data, args)
+    load_after = os.getloadavg()
+    n_batches = -(-len(data[0]) // args.bs) + -(-len(data[2]) // (2 * args.bs))
+
+    print(f"# Training loop: one epoch, {args.dataset} ({len(data[0])} train / {len(data[2])} valid images), "
+          f"batch size {args.bs}, SGD(lr={args.lr}, momentum=0.9)\n")
+    print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"Python {platform.python_version()}; median of {args.runs} interleaved rounds after a warm-up round; "
+          f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n")
+    def paired(t, ref): return statistics.median(a / b for a, b in zip(t, ref)) if ref else float("nan")
+    over_us = 1e6 * statistics.median(a - b for a, b in zip(overhead["learner"], overhead["raw"])) / n_batches
+    if args.skip_epochs:
+        return print_overhead(overhead, over_us, n_batches, None)
+    print("| contender | wall s (median) | wall min–max | wall ratio to raw | CPU s (median) | CPU ratio to raw | valid accuracy |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        t, c = times[name], cpu_times[name]
+        print(f"| {name} | {statistics.median(t):.2f} | {min(t):.2f}–{max(t):.2f} | {paired(t, times.get('raw')):.3f} "
+              f"| {statistics.median(c):.2f} | {paired(c, cpu_times.get('raw')):.3f} | {accuracy[name]:.4f} |")
+    print("\nRatios are medians of the per-round ratios (contenders interleaved, rotating order). CPU time is the "
+          "process's user+system time (one torch thread), which waiting for a busy core does not inflate.")
+    print_overhead(overhead, over_us, n_batches, statistics.median(cpu_times["raw"]) / n_batches if "raw" in cpu_times else None)
+    print(f"\n## DataLoader on in-memory tensors ({len(data[0])} images, batch size {args.bs})\n")
+    print("| loader | batches/s (median) | ours is × faster (median of paired) |")
+    print("|---|---|---|")
+    ours = rates["ours (shuffled)"]
+    for name, r in rates.items():
+        print(f"| {name} | {statistics.median(r):.0f} | {statistics.median(a / b for a, b in zip(ours, r)):.2f} |")
+
+
+def print_overhead(overhead, over_us, n_batches, cnn_batch_s):
+    print(f"\n## The Learner's own cost per batch (linear model, one epoch = {n_batches} batches, CPU time, "
+          f"median of {len(overhead['raw'])} interleaved rounds)\n")
+    print(f"raw {statistics.median(overhead['raw']):.3f} s, learner {statistics.median(overhead['learner']):.3f} s per epoch: "
+          f"the Learner (callbacks, metrics on every batch, loss check) adds {over_us:.0f} µs per batch"
+          + (f", {100 * over_us * 1e-6 / cnn_batch_s:.1f}% of the CNN's {1e3 * cnn_batch_s:.2f} ms per batch." if cnn_batch_s else "."))
+
+
+if __name__ == "__main__":
+    main()
