@@ -1,7 +1,7 @@
 """Fixtures for the browser tests: a throwaway JupyterLab server and a headless Chromium.
 
 The server listens on 127.0.0.1 only, on a free port, with a random token, and serves a temporary
-copy of the project (nbs/, exp/, notebook2script.py, settings.ini), so running notebooks never
+copy of the project (nbs/, exp/, benchmarks/, notebook2script.py, settings.ini), so running notebooks never
 writes into the committed ones. Its config, data, runtime and settings folders are temporary too.
 It is shut down at the end of the session whatever happened: the REST shutdown first, then the
 process group, then any kernel that still names our runtime folder.
@@ -16,7 +16,7 @@ ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
-PROJECT_FILES = ["nbs", "exp", "notebook2script.py", "run_notebook.py", "settings.ini"]
+PROJECT_FILES = ["nbs", "exp", "benchmarks", "notebook2script.py", "run_notebook.py", "settings.ini"]  # what notebooks read
 SERVER_START_TIMEOUT = 90
 
 
