@@ -30,8 +30,7 @@ class ProgressCallback(Callback):
         self.losses, self.valid_at, self.valid_losses, self.header_written = [], [], [], False
         if self.use_bars:
             master_bar = fp.NBMasterBar if fp.IN_NOTEBOOK else fp.ConsoleMasterBar
-            self.mbar = master_bar(range(learn.n_epochs))
-            self.mbar.on_iter_begin()
+            self.mbar = master_bar(range(learn.n_epochs))  # it draws itself on its first update
 
     def before_epoch(self):
         if self.mbar: self.mbar.update(self.learn.epoch)

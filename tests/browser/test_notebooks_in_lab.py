@@ -37,10 +37,7 @@ EXPECTATIONS = {
     "00_exports": Expect(),
     "00a_data": Expect(images=1),
     "01_matmul": Expect(images=1),
-    "09c_progress": Expect(images=1, progress=True, known_issue=(
-        "ProgressCallback.before_fit calls mbar.on_iter_begin() and the first mbar.update(0) calls it "
-        "again (fastprogress does on a bar's first update): the first display, a grey 0/4 bar, stays "
-        "above the metrics table (also in the executed .ipynb)")),
+    "09c_progress": Expect(images=1, progress=True),
 }
 # Run by default (all of nbs/ takes longer than five minutes on 2 shared cores; see the timings).
 DEFAULT_NOTEBOOKS = ["00_exports", "00a_data", "01_matmul", "09c_progress"]
