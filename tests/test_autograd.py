@@ -10,7 +10,12 @@ from exp.autograd import (Variable, Function, no_grad, using_config, Config, num
                           log_softmax, softmax_cross_entropy, mse, concat, split, dot_graph, Sequential, Linear, SGD)
 from exp.testing import test_near, test_eq
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _single_thread(one_thread):
+    "Tiny ops: one thread for these tests only, restored afterwards (the fixture is in conftest.py)."
+
+
 LABELS = torch.tensor([1, 0, 4])
 # name: (ours, torch's, input shapes[, positive inputs])
 OPS = {

@@ -6,14 +6,6 @@ from torch import nn
 from exp.norm import BatchNorm, LayerNorm, InstanceNorm, GroupNorm, RunningBatchNorm, normalize
 from exp.testing import test_near
 
-@pytest.fixture
-def one_thread():
-    "Tiny batches: one torch thread is much faster than two fighting other processes for the cores."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def same_affine(ours, theirs):
     torch.manual_seed(1)
     weight, bias = torch.randn(ours.weight.shape), torch.randn(ours.bias.shape)

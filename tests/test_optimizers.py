@@ -7,13 +7,11 @@ from torch import nn
 from exp.optimizers import Optimizer, SGD, Adam, AdamW, LAMB, sgd_step, L2Regularization, weight_decay_step
 from exp.testing import test_near, test_eq
 
+
 @pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny batches: one torch thread is much faster than two fighting other processes for the cores."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_thread):
+    "Every test here trains tiny models (the fixture is in conftest.py)."
+
 
 def small_cnn():
     torch.manual_seed(0)

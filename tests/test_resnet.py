@@ -45,19 +45,14 @@ def test_model_summary_counts_and_shapes(capsys):
     assert model.training  # mode restored
 
 
-def test_learns_a_small_problem():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: one thread is much faster on a busy shared machine
-    try:
-        torch.manual_seed(0)
-        x = torch.randn(64, 1, 8, 8)
-        y = (x.mean((1, 2, 3)) > 0).long()
-        model = xresnet_small(1, 2)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(30):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(); loss.backward(); opt.step()
-        model.eval()
-        assert (model(x).argmax(1) == y).float().mean() > 0.9
-    finally:
-        torch.set_num_threads(threads)
+def test_learns_a_small_problem(one_thread):
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 8, 8)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    model = xresnet_small(1, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    model.eval()
+    assert (model(x).argmax(1) == y).float().mean() > 0.9

@@ -11,7 +11,11 @@ from exp.rnn import (GRU, LSTM, RNN, GRUCell, LSTMCell, ResetStateCallback, RNNC
                      sequence_loss, torch_parameter_name, CharVocab, CharModel, sample)
 from exp.testing import test_near
 
-torch.set_num_threads(1)  # tiny sequential ops: extra threads only add contention on shared machines
+
+@pytest.fixture(autouse=True)
+def _single_thread(one_thread):
+    "Tiny ops: one thread for these tests only, restored afterwards (the fixture is in conftest.py)."
+
 
 BATCH, STEPS, INPUT, HIDDEN = 3, 6, 4, 5
 
