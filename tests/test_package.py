@@ -39,3 +39,54 @@ def test_nbdev2_reads_our_settings():
     config = pytest.importorskip("nbdev.config").get_config(path=ROOT)
     assert Path(config.lib_path) == ROOT / "exp" and Path(config.nbs_path) == ROOT / "nbs"
     assert config.lib_name == "foundations" and config.version
+
+
+LOCAL_MODULES = {"exp", "conftest", "notebook2script", "run_notebook", "ddp_train"}
+# Packages that a declared one promises to bring (ipykernel depends on IPython).
+BROUGHT_BY_DECLARED = {"IPython": "ipykernel"}
+
+
+def _declared_distributions():
+    import configparser, re
+    config = configparser.ConfigParser()
+    config.read(ROOT / "settings.ini")
+    keys = ("requirements", "dev_requirements", "bench_requirements")
+    return {re.split(r"[<>=!~ ]", req)[0].lower().replace("_", "-")
+            for key in keys for req in config["DEFAULT"].get(key, "").split()}
+
+
+def _code_sources():
+    "(file, source) for the package, the CLIs, tests, benchmarks and every notebook's code cells."
+    import json
+    files = [*ROOT.glob("*.py"), *(ROOT / "exp").glob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+    for path in files:
+        yield path.relative_to(ROOT), path.read_text(encoding="utf-8")
+    for notebook in sorted((ROOT / "nbs").glob("*.ipynb")):
+        for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+            if cell["cell_type"] == "code":  # drop IPython magics and shell lines, which ast cannot parse
+                lines = "".join(cell["source"]).splitlines()
+                yield notebook.relative_to(ROOT), "\n".join(l for l in lines if not l.lstrip().startswith(("%", "!")))
+
+
+def test_every_third_party_import_is_declared_in_settings_ini():
+    "CI installs only what settings.ini names: a package that merely happens to be installed here must not be relied on."
+    import ast, importlib.metadata
+    installed_by = importlib.metadata.packages_distributions()
+    declared = _declared_distributions()
+    undeclared = {}
+    for where, source in _code_sources():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in (name.split(".")[0] for name in names):
+                if top in sys.stdlib_module_names or top in LOCAL_MODULES or top in BROUGHT_BY_DECLARED:
+                    continue
+                dists = {d.lower().replace("_", "-") for d in installed_by.get(top, [top])}
+                if not dists & declared:
+                    undeclared.setdefault(top, set()).add(str(where))
+    assert not undeclared, "imported but not declared in settings.ini (add them to requirements or dev_requirements): " + \
+        "; ".join(f"{m} in {', '.join(sorted(w))}" for m, w in sorted(undeclared.items()))
