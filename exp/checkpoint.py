@@ -186,7 +186,7 @@ class CheckpointCallback(Callback):
 
 class _Resume(Callback):
     "Restore a checkpoint when a fit starts and move the loop to its position (added by `CheckpointCallback(resume=...)`)."
-    order = -1000  # before everything: other callbacks must see the shifted epoch
+    order = -1000  # before everything: other callbacks see the resumed loader and batch number
 
     def __init__(self, owner, path): self.owner, self.path = owner, path
 
@@ -194,22 +194,16 @@ class _Resume(Callback):
         # called by CheckpointCallback.before_fit (it joined the callbacks too late for this event)
         learn = self.learn
         ckpt = load_checkpoint(learn, self.path)
-        self.start_epoch, self.skip, self.total = ckpt["epoch"], ckpt["iter"], learn.n_epochs
-        if self.start_epoch > self.total:
-            raise ValueError(f"checkpoint {str(self.path)!r} is at epoch {self.start_epoch}, after the end of this fit ({self.total} epochs)")
-        learn.n_epochs, learn.train_iter = self.total - self.start_epoch, ckpt["train_iter"]
+        if ckpt["epoch"] > learn.n_epochs:
+            raise ValueError(f"checkpoint {str(self.path)!r} is at epoch {ckpt['epoch']}, after the end of this fit ({learn.n_epochs} epochs)")
+        learn.start_epoch = learn.epoch = ckpt["epoch"]
+        learn.train_iter = ckpt["train_iter"]
         learn.metrics.log = list(ckpt["metrics_log"])
         self.owner.best = ckpt["extra"].get("best")
-        self.first, self.ckpt, self.train_dl = True, ckpt, None
-
-    def before_epoch(self):
-        learn = self.learn
-        learn.epoch += self.start_epoch
-        if self.first:
-            learn.n_epochs, self.first = self.total, False  # the loop's range is already fixed: restore pct_train
-            if self.skip:
-                self.train_dl = learn.dls.train
-                learn.dls.train = _SkipFirstBatches(self.train_dl, self.skip, self.ckpt["epoch_start_rng"], self.ckpt["rng"])
+        self.skip, self.train_dl = ckpt["iter"], None
+        if self.skip:  # stopped in the middle of an epoch: its first batches are done already
+            self.train_dl = learn.dls.train
+            learn.dls.train = _SkipFirstBatches(self.train_dl, self.skip, ckpt["epoch_start_rng"], ckpt["rng"])
 
     def before_batch(self):
         if self.train_dl is not None and self.learn.training: self.learn.iter += self.skip

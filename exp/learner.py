@@ -221,7 +221,7 @@ class Learner:
         self.dls = dls if isinstance(dls, DataLoaders) else DataLoaders(*dls)
         self.logger, self.check_loss = logger, check_loss
         self.opt, self.cbs, self._handlers = None, [], {}
-        self.n_epochs = self.epoch = self.iter = self.train_iter = 0
+        self.n_epochs = self.start_epoch = self.epoch = self.iter = self.train_iter = 0
         self.n_iters, self.training, self.batch, self.preds, self.loss = 0, False, None, None, None
         self.last_good_lr = None
         metrics = metrics if isinstance(metrics, Mapping) else {m.__name__: m for m in _listify(metrics)}
@@ -343,7 +343,8 @@ class Learner:
             with torch.no_grad(): self._one_phase(False)
 
     def _all_epochs(self):
-        for self.epoch in range(self.n_epochs): run_phase(self, "epoch", self._one_epoch)
+        # read after `before_fit`, so a callback there may move the start (e.g. to resume a checkpoint)
+        for self.epoch in range(self.start_epoch, self.n_epochs): run_phase(self, "epoch", self._one_epoch)
 
     def _predict_batch(self):
         self.predict(); self.callback("after_pred")
@@ -380,14 +381,19 @@ class Learner:
         if self.opt is not None:
             for group in self.opt.param_groups: group["lr"] = lr
 
-    def fit(self, n_epochs=1, lr=None, cbs=None, reset_opt=False):
-        "Train for `n_epochs`; `cbs` are used for this fit only; `lr` sets the learning rate."
+    def fit(self, n_epochs=1, lr=None, cbs=None, reset_opt=False, start_epoch=0):
+        """Train for `n_epochs`; `cbs` are used for this fit only; `lr` sets the learning rate.
+        `start_epoch` skips the first epochs of the schedule: `fit(5, start_epoch=2)` runs epochs 2, 3, 4,
+        with schedules (`pct_train`) where a 5-epoch fit has them then."""
+        if not 0 <= start_epoch <= n_epochs:
+            raise ValueError(f"start_epoch={start_epoch} is outside the fit's epochs 0..{n_epochs}")
         cbs = _listify(cbs)
         self.add_cbs(cbs)
         try:
             if lr is not None: self.set_lr(lr)
             if self.opt is None or reset_opt: self.create_opt()
-            self.n_epochs, self.epoch, self.iter, self.train_iter = n_epochs, 0, 0, 0
+            self.n_epochs, self.start_epoch, self.epoch, self.iter = n_epochs, start_epoch, start_epoch, 0
+            self.train_iter = start_epoch * (_length(self.dls.train) or 0)
             run_phase(self, "fit", self._all_epochs)
         finally:
             try: self.callback("cleanup_fit")

@@ -351,6 +351,42 @@ def test_pct_train_and_counters(digits):
     assert seen == [(0, 0, 2, 0.0), (0, 1, 2, 0.25), (1, 0, 2, 0.5), (1, 1, 2, 0.75)]
 
 
+def test_start_epoch_counters_and_bad_values(digits):
+    seen = []
+    class Watch(Callback):
+        def before_batch(self):
+            if self.learn.training: seen.append((self.learn.epoch, self.learn.iter, self.learn.pct_train))
+    learn = Learner(mlp(), tiny_dls(digits), cbs=Watch(), logger=None).fit(4, start_epoch=2)
+    assert seen == [(2, 0, 0.5), (2, 1, 0.625), (3, 0, 0.75), (3, 1, 0.875)]
+    assert [row["epoch"] for row in learn.metrics.log] == [2, 3]
+    for bad in (-1, 5):
+        with pytest.raises(ValueError, match=f"start_epoch={bad} is outside the fit's epochs 0..4"): learn.fit(4, start_epoch=bad)
+
+
+def test_fit_from_start_epoch_carries_on_a_longer_fit(digits):
+    "Epochs 2-3 of a scheduled 4-epoch fit, started from the state after epoch 1, end on the whole fit's weights."
+    import copy, functools
+    from exp.schedule import ParamScheduler, sched_cos
+    x_train, y_train, _, _ = digits
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train[:200], y_train[:200]), batch_size=50)
+    opt_func = functools.partial(torch.optim.SGD, momentum=0.9)
+    after_epoch_1 = {}
+    class Snapshot(Callback):
+        def after_epoch(self):
+            if self.learn.epoch == 1: after_epoch_1.update(model=copy.deepcopy(self.learn.model.state_dict()),
+                                                           opt=copy.deepcopy(self.learn.opt.state_dict()))
+    whole = Learner(mlp(), DataLoaders(train), opt_func=opt_func, cbs=[ParamScheduler(lr=sched_cos(0.2, 0.01)), Snapshot()],
+                    logger=None).fit(4)
+    model = mlp(seed=1)
+    model.load_state_dict(after_epoch_1["model"])
+    rest = Learner(model, DataLoaders(train), opt_func=opt_func, cbs=ParamScheduler(lr=sched_cos(0.2, 0.01)), logger=None)
+    rest.create_opt().load_state_dict(after_epoch_1["opt"])
+    rest.fit(4, start_epoch=2)
+    for p, q in zip(whole.model.parameters(), model.parameters()): assert torch.equal(p, q)
+    rest.fit(4, start_epoch=3)  # one more epoch: now they differ, so the equality above is not vacuous
+    assert not all(torch.equal(p, q) for p, q in zip(whole.model.parameters(), model.parameters()))
+
+
 def test_error_in_models_own_forward_names_the_last_layer():
     class Reshaper(nn.Module):
         def __init__(self):
