@@ -3,10 +3,11 @@
 __all__ = ['data_generators', 'get_rng_states', 'set_rng_states', 'CheckpointError', 'FORMAT', 'atomic_save', 'read_checkpoint', 'save_checkpoint', 'load_checkpoint', 'CheckpointCallback']
 
 # %% nbs/14_checkpoint.ipynb cell 3
-import math, os, random, tempfile
+import math, random
 from pathlib import Path
 import numpy as np
 import torch
+from .data import write_atomically
 from .learner import Callback
 
 # %% nbs/14_checkpoint.ipynb cell 6
@@ -55,18 +56,7 @@ FORMAT = "exp.checkpoint/1"
 
 def atomic_save(obj, path):
     "`torch.save(obj)` to `path` through a temporary file and `os.replace`: all or nothing."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda f: torch.save(obj, f))
 
 def read_checkpoint(path):
     "Load a checkpoint with `weights_only=True`; a clear `CheckpointError` naming the file if it is unusable."

@@ -74,15 +74,20 @@ def verified_content(compressed, filename):
     return content, None
 
 def write_atomically(path, data):
-    "Write bytes through a temporary file renamed into place, so no reader ever sees half a file."
+    """Write `data` (bytes, or a function that writes to a binary file) through a temporary file renamed
+    into place: no reader ever sees half a file, and a failed write leaves the old file as it was."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f: f.write(data)
+        with os.fdopen(fd, "wb") as f:
+            data(f) if callable(data) else f.write(data)
+            f.flush(); os.fsync(f.fileno())  # on disk before the rename makes it visible
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
+    return path
 
 # %% nbs/00a_data.ipynb cell 14
 def download(url, chunk_size=1 << 16, timeout=30):
