@@ -129,14 +129,14 @@ class CheckpointCallback(Callback):
     @property
     def best_path(self): return self.path.with_name(f"{self.path.stem}_best{self.path.suffix}")
 
-    # --- the learn-facing spelling: learn.checkpoint.save(path), learn.checkpoint.load(path) ---
+    # --- also reachable as learn.checkpoint.save() / .load(), on this callback's path ---
     def save(self, path=None): return save_checkpoint(self.learn, path or self.path)
     def load(self, path=None): return load_checkpoint(self.learn, path or self.path)
 
     def before_fit(self):
         self.best, self.saved = None, []
         if self.resume is not None:
-            # resume once; the helper must join the callbacks now (it shifts the epoch before anyone else sees it)
+            # resume once; the helper joins the callbacks now, and sets the start epoch before the loop reads it
             resume, self.resume = _Resume(self, self.resume), None
             self.learn.add_cbs(resume)
             resume.before_fit()

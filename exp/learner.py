@@ -403,3 +403,15 @@ class Learner:
                 self.model.eval()
                 if self.opt is not None: self.opt.zero_grad()  # an interrupted batch leaves no stale gradients
         return self
+
+    # --- saving: what a checkpoint holds, and why it resumes exactly, is the subject of 14_checkpoint ---
+    def save(self, path):
+        "Save the model, optimizer state, counters, metrics log and RNG states to `path`, atomically."
+        from .checkpoint import save_checkpoint
+        return save_checkpoint(self, path)
+
+    def load(self, path, with_opt=True):
+        "Restore what `save` wrote (read with `torch.load(weights_only=True)`); returns the learner."
+        from .checkpoint import load_checkpoint
+        load_checkpoint(self, path, with_opt=with_opt)
+        return self

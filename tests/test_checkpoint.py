@@ -86,6 +86,22 @@ def test_learn_facing_save_load(tmp_path):
     assert other.opt.state_dict()["state"].keys() == learn.opt.state_dict()["state"].keys()
 
 
+def test_learner_save_and_load_methods(tmp_path):
+    "`learn.save` / `learn.load` need no callback: what `from exp.learner import *` users reach for."
+    learn = make_learner().fit(2)
+    path = learn.save(tmp_path / "sub" / "model.pt")
+    assert path == tmp_path / "sub" / "model.pt" and read_checkpoint(path)["train_iter"] == learn.train_iter
+    other = make_learner(seed=1)
+    assert not params_equal(learn, other)
+    assert other.load(path) is other and params_equal(learn, other)
+    for p, q in zip(learn.opt.state.values(), other.opt.state.values()):
+        assert torch.equal(p["momentum_buffer"], q["momentum_buffer"])
+    assert torch.equal(learn.get_preds()[0], other.get_preds()[0])
+    weights_only = make_learner(seed=1).load(path, with_opt=False)
+    assert params_equal(learn, weights_only) and weights_only.opt is None
+    with pytest.raises(CheckpointError, match="does not exist"): other.load(tmp_path / "missing.pt")
+
+
 def test_rng_states_round_trip_through_weights_only(tmp_path):
     dl = DataLoaders.from_tensors(*_data(), batch_size=32, seed=0).train
     save_path = tmp_path / "rng.pt"
