@@ -196,6 +196,10 @@ def main():
                  if a[0] is not None and b[0] is not None]
         if pairs: print(f"\nPaired ratio ours / raw loop per round: {', '.join(f'{p:.2f}' for p in pairs)} "
                         f"(median {statistics.median(pairs):.2f}).")
+        # time to target also counts epochs, which differ with the shuffling; seconds per epoch is the overhead alone
+        per_epoch = [(a[3] / a[1]) / (b[3] / b[1]) for a, b in zip(results.get("ours (Learner)", []), results.get("raw PyTorch loop", []))]
+        if per_epoch: print(f"Paired ratio of seconds per epoch, ours / raw loop: {', '.join(f'{p:.2f}' for p in per_epoch)} "
+                            f"(median {statistics.median(per_epoch):.2f}).")
 
 
 if __name__ == "__main__":
