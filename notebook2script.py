@@ -161,10 +161,18 @@ def write_atomically(path, text):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f: f.write(text)
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def file_mode(path):
+    "The old file's permissions, else the umask's: mkstemp's 0o600 would make the package unreadable to others."
+    if path.exists(): return path.stat().st_mode & 0o777
+    umask = os.umask(0); os.umask(umask)
+    return 0o666 & ~umask
 
 
 def is_generated(path):

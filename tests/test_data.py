@@ -1,5 +1,5 @@
 """exp.data: the embedded digits, and MNIST through the real download path on a loopback mirror."""
-import gzip, hashlib, http.server, shutil, socket, subprocess, sys, threading, warnings
+import gzip, hashlib, http.server, os, shutil, socket, subprocess, sys, threading, warnings
 from functools import partial
 from pathlib import Path
 import pytest
@@ -133,3 +133,26 @@ def test_issue_command_prints_mnist_shapes():
     out = subprocess.run([sys.executable, "-c", "from exp.data import get_data; print([tuple(t.shape) for t in get_data()])"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert out.stdout.strip() == "[(60000, 784), (60000,), (10000, 784), (10000,)]", out.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_write_atomically_bytes_or_writer_mode_and_failure(tmp_path):
+    "Bytes or a writing function; a new file gets the umask's mode (not mkstemp's 0600); a failure keeps the old file."
+    from exp.data import write_atomically
+    old_umask = os.umask(0o022)
+    try:
+        path = write_atomically(tmp_path / "a" / "x.bin", b"first")
+        assert path.read_bytes() == b"first" and path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o640)
+        write_atomically(path, lambda f: f.write(b"second"))
+        assert path.read_bytes() == b"second" and path.stat().st_mode & 0o777 == 0o640
+
+        def fails_halfway(f):
+            f.write(b"half")
+            raise OSError("disk full")
+        with pytest.raises(OSError, match="disk full"): write_atomically(path, fails_halfway)
+        assert path.read_bytes() == b"second" and [p.name for p in path.parent.iterdir()] == ["x.bin"]
+        os.umask(0o077)
+        assert write_atomically(tmp_path / "private.bin", b"p").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old_umask)

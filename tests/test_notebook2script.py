@@ -74,6 +74,22 @@ def test_reexport_is_byte_identical_and_utf8(project):
     assert "m²".encode("utf-8") in (project / "lib" / "basics.py").read_bytes()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_new_files_follow_the_umask_and_rewrites_keep_the_mode(project):
+    "The temporary file behind an atomic write is 0600; the module written through it must not stay so."
+    cmd = [sys.executable, str(ROOT / "notebook2script.py"), "--nbs_path", str(project / "nbs"), "--lib_path", str(project / "lib")]
+    for umask, expected in [(0o022, 0o644), (0o077, 0o600)]:
+        for p in (project / "lib").glob("*.py"): p.unlink()
+        subprocess.run(["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *cmd], check=True, capture_output=True, cwd=project)
+        assert {p.name: p.stat().st_mode & 0o777 for p in (project / "lib").glob("*.py")} == \
+            {p.name: expected for p in (project / "lib").glob("*.py")} and expected
+    module = project / "lib" / "basics.py"
+    module.chmod(0o640)
+    write_nb(project / "nbs" / "00_first.ipynb", "#|default_exp basics", "#|export\ndef area(r): return r")
+    export(project)
+    assert "return r" in module.read_text() and module.stat().st_mode & 0o777 == 0o640
+
+
 def test_check_passes_when_fresh_and_lists_stale_and_missing(project):
     export(project)
     assert export(project, "--check").returncode == 0
