@@ -203,6 +203,15 @@ def test_print_stats_prints_a_table(digits, capsys):
     assert len(lines) == 3 and lines[2].split()[0] == "1"
 
 
+def test_print_stats_header_starts_every_fit_also_a_resumed_one(digits, capsys):
+    learn = Learner(mlp(), tiny_dls(digits), metrics=accuracy)
+    learn.fit(3)
+    learn.fit(3, start_epoch=1)  # carries on from epoch 1: a new table, not rows glued under the last one
+    learn.fit(3, start_epoch=2)
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert [line.split()[0] for line in lines] == ["epoch", "0", "1", "2", "epoch", "1", "2", "epoch", "2"]
+
+
 def test_torch_dataloaders_and_torch_optimizers(digits):
     x_train, y_train, x_valid, y_valid = digits
     set_seed(0)
