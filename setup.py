@@ -24,6 +24,7 @@ setup(
     keywords=cfg["keywords"],
     url=cfg["git_url"],
     packages=find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
+    package_data={cfg["lib_path"]: ["assets/*"]},  # the text corpus ships inside the package, as the digits do
     python_requires=">=" + cfg["min_python"],
     install_requires=requirements("requirements"),
     extras_require={"dev": requirements("dev_requirements"), "bench": requirements("bench_requirements")},

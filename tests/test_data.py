@@ -156,3 +156,45 @@ def test_write_atomically_bytes_or_writer_mode_and_failure(tmp_path):
         assert write_atomically(tmp_path / "private.bin", b"p").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old_umask)
+
+
+SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+def test_tinyshakespeare_ships_in_the_package_and_is_the_real_corpus():
+    from exp.data import TINYSHAKESPEARE_SHA256, load_tinyshakespeare
+    text = load_tinyshakespeare()
+    assert len(text) == 1_115_394
+    assert text.startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == TINYSHAKESPEARE_SHA256
+    if SHARED_TEXT.exists():  # the development copy beside the project, when there is one
+        assert text == SHARED_TEXT.read_text(encoding="utf-8")
+
+
+def test_tinyshakespeare_damaged_or_missing_copy_is_refused_with_the_fix(tmp_path):
+    import bz2
+    from exp.data import load_tinyshakespeare
+    text = load_tinyshakespeare()
+    edited = tmp_path / "edited.txt.bz2"
+    edited.write_bytes(bz2.compress(text.replace("Citizen", "Citizens", 1).encode()))
+    with pytest.raises(DatasetUnavailable, match=r"not the tiny Shakespeare corpus.*SHA-256.*reinstall"):
+        load_tinyshakespeare(edited)
+    garbage = tmp_path / "garbage.txt.bz2"
+    garbage.write_bytes(b"not bzip2 at all")
+    with pytest.raises(DatasetUnavailable, match=r"cannot read tiny Shakespeare from .*garbage.*reinstall"):
+        load_tinyshakespeare(garbage)
+    with pytest.raises(DatasetUnavailable, match=r"cannot read tiny Shakespeare from .*missing"):
+        load_tinyshakespeare(tmp_path / "missing.txt.bz2")
+
+
+@pytest.mark.slow
+def test_the_built_wheel_carries_the_corpus(tmp_path):
+    "What `pip install` gets (not just an editable checkout) has the compressed corpus in exp/assets/."
+    import zipfile
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
+                             "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    wheel, = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "exp/assets/tinyshakespeare.txt.bz2" in names, names
