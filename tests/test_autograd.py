@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from exp.autograd import (Variable, Function, no_grad, using_config, Config, numerical_grad, exp, log, sin, cos, tanh,
+from exp.autograd import (Variable, Function, no_grad, eval_mode, using_config, Config, numerical_grad, exp, log, sin, cos, tanh,
                           sigmoid, relu, reshape, transpose, broadcast_to, sum_to, matmul, linear, getitem, clip, softmax,
                           log_softmax, softmax_cross_entropy, mse, concat, split, dot_graph, Sequential, Linear, SGD)
 from exp.testing import test_near, test_eq
@@ -333,3 +333,39 @@ def test_tiny_mlp_learns_a_separable_problem():
         opt.zero_grad(); loss.backward(); opt.step()
     with no_grad(): accuracy = (model(x).data.argmax(1) == y).float().mean().item()
     assert accuracy > 0.9
+
+
+ON_CPU_BY_DESIGN = ("rmatmul_tensor",)  # its constant operand is a CPU tensor written in the test itself
+
+
+@pytest.mark.parametrize("name", [n for n in OPS if n not in ON_CPU_BY_DESIGN])
+def test_forward_backward_and_double_backward_on_meta_device(name):
+    "On `meta` (shapes, no memory) any tensor the engine made on the CPU by mistake would raise."
+    ours, theirs, xs = spec(name)
+    vs = [Variable(torch.empty_like(x, device="meta")) for x in xs]
+    out = softmax_cross_entropy(vs[0], LABELS.to("meta")) if name == "softmax_cross_entropy" else ours(*vs)
+    test_eq(tuple(out.shape), tuple(theirs(*xs).shape))
+    out.sum().backward(create_graph=True)
+    (vs[0].grad * vs[0].grad).sum().backward()
+    for v in vs:
+        assert v.grad.data.device.type == "meta", name
+        test_eq(tuple(v.grad.shape), tuple(v.shape))
+
+
+def test_getitem_and_unused_outputs_backward_on_meta():
+    "The two places that once made their zeros on the CPU: GetItemGrad and the gradients of unused outputs."
+    x = Variable(torch.randn(3, 4, device="meta"))
+    x[0].sum().backward()
+    assert x.grad.data.device.type == "meta"
+    x.cleargrad()
+    split(x, [1, 3], 1)[0].sum().backward()
+    assert x.grad.data.device.type == "meta"
+
+
+def test_eval_mode_switches_config_train_and_restores_it():
+    assert Config.train
+    with eval_mode():
+        assert not Config.train
+        with using_config("train", True): assert Config.train
+        assert not Config.train
+    assert Config.train
