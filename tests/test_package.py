@@ -90,3 +90,15 @@ def test_every_third_party_import_is_declared_in_settings_ini():
                     undeclared.setdefault(top, set()).add(str(where))
     assert not undeclared, "imported but not declared in settings.ini (add them to requirements or dev_requirements): " + \
         "; ".join(f"{m} in {', '.join(sorted(w))}" for m, w in sorted(undeclared.items()))
+
+
+def test_the_python_version_claimed_is_the_one_tested():
+    "settings.ini, setup.py and the README name one minimum Python, and the tests run on it or later."
+    import configparser, re
+    config = configparser.ConfigParser()
+    config.read(ROOT / "settings.ini")
+    minimum = config["DEFAULT"]["min_python"]
+    assert sys.version_info[:2] >= tuple(map(int, minimum.split("."))), f"tests run on {sys.version}, below {minimum}"
+    assert 'python_requires=">=" + cfg["min_python"]' in (ROOT / "setup.py").read_text(encoding="utf-8")
+    claims = re.findall(r"Python ≥ (\d+\.\d+)", (ROOT / "README.md").read_text(encoding="utf-8"))
+    assert claims and set(claims) == {minimum}, f"README claims Python ≥ {claims}, settings.ini says {minimum}"
