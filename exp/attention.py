@@ -3,7 +3,6 @@
 __all__ = ['causal_mask', 'check_attention_inputs', 'check_mask_shape', 'scaled_dot_product_attention', 'split_heads', 'merge_heads', 'MultiHeadAttention', 'TORCH_NAMES', 'check_torch_twin', 'copy_from_torch', 'copy_to_torch', 'check_positions', 'LearnedPositions', 'position_frequencies', 'sinusoidal_positions', 'SinusoidalPositions', 'apply_rotary']
 
 # %% nbs/17_attention.ipynb cell 3
-import math
 import torch
 from torch import nn
 from .rnn import copy_parameters
@@ -24,12 +23,14 @@ def check_attention_inputs(query, key, value, attn_mask, is_causal):
         raise ValueError(f"query's last dim {query.shape[-1]} must equal key's {key.shape[-1]} "
                          f"(shapes {tuple(query.shape)} and {tuple(key.shape)})")
     if key.shape[-2] != value.shape[-2]:
-        raise ValueError(f"key and value need the same length S: key {tuple(key.shape)}, value {tuple(value.shape)}")
+        raise ValueError(f"key and value need the same length S: key {tuple(key.shape)}, "
+                         f"value {tuple(value.shape)}")
     if is_causal and attn_mask is not None:
         raise ValueError("pass either attn_mask or is_causal=True, not both: fold the causal triangle into "
                          "your mask with causal_mask(L, S) & attn_mask")
     if attn_mask is not None and not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
-        raise TypeError(f"attn_mask must be bool (True = take part) or floating (added), not {attn_mask.dtype}")
+        raise TypeError(f"attn_mask must be bool (True = take part) or floating (added), "
+                        f"not {attn_mask.dtype}")
 
 # %% nbs/17_attention.ipynb cell 14
 def check_mask_shape(attn_mask, scores_shape):
@@ -37,10 +38,12 @@ def check_mask_shape(attn_mask, scores_shape):
     try: ok = torch.broadcast_shapes(attn_mask.shape, scores_shape) == scores_shape
     except RuntimeError: ok = False
     if not ok:
-        raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to the attention scores' "
-                         f"shape {tuple(scores_shape)} = (..., L queries, S keys): pass an (L, S) or (..., L, S) mask")
+        raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to the attention "
+                         f"scores' shape {tuple(scores_shape)} = (..., L queries, S keys): "
+                         "pass an (L, S) or (..., L, S) mask")
 
-def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                 scale=None):
     "softmax(q k^T / sqrt(E) + mask) v, with the arguments and meaning of F.scaled_dot_product_attention."
     check_attention_inputs(query, key, value, attn_mask, is_causal)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
@@ -73,9 +76,10 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True):
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: each head gets "
-                             f"embed_dim // num_heads dims, so pick num_heads among the divisors of {embed_dim}")
-        self.embed_dim, self.num_heads, self.head_dim, self.dropout = embed_dim, num_heads, embed_dim // num_heads, dropout
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}: each head "
+                             f"gets embed_dim // num_heads dims: choose a divisor of {embed_dim}")
+        self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
+        self.head_dim = embed_dim // num_heads
         self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)   # queries, keys, values, stacked
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.reset_parameters()
@@ -89,22 +93,24 @@ class MultiHeadAttention(nn.Module):
 
     def project_heads(self, query, key, value):
         "Queries, keys and values, each (batch, num_heads, length, head_dim)."
-        if query.shape[-1] != self.embed_dim or key.shape[-1] != self.embed_dim or value.shape[-1] != self.embed_dim:
-            raise ValueError(f"inputs need embed_dim={self.embed_dim} features last; got query {tuple(query.shape)}, "
-                             f"key {tuple(key.shape)}, value {tuple(value.shape)}")
+        if any(x.shape[-1] != self.embed_dim for x in (query, key, value)):
+            raise ValueError(f"inputs need embed_dim={self.embed_dim} features last; got query "
+                             f"{tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}")
         if key is query and value is query: projected = self.in_proj(query).chunk(3, dim=-1)  # one matmul
         else:
             weights = self.in_proj.weight.chunk(3)
             biases = self.in_proj.bias.chunk(3) if self.in_proj.bias is not None else (None,) * 3
-            projected = [nn.functional.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases)]
+            inputs = (query, key, value)
+            projected = [nn.functional.linear(x, w, b) for x, w, b in zip(inputs, weights, biases)]
         return [split_heads(x, self.num_heads) for x in projected]
 
     def forward(self, query, key=None, value=None, attn_mask=None, is_causal=False):
-        "Attend from `query` (batch, L, embed_dim) to `key`/`value` (default: `query`): (batch, L, embed_dim)."
+        "Attend from `query` (batch, L, embed_dim) to `key`/`value` (default `query`); (batch, L, embed_dim)."
         key = query if key is None else key
         value = key if value is None else value
         q, k, v = self.project_heads(query, key, value)
-        out = scaled_dot_product_attention(q, k, v, attn_mask, self.dropout if self.training else 0.0, is_causal)
+        dropout_p = self.dropout if self.training else 0.0
+        out = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)
         return self.out_proj(merge_heads(out))
 
 # %% nbs/17_attention.ipynb cell 23
@@ -116,13 +122,14 @@ def check_torch_twin(ours, theirs):
         raise TypeError(f"expected an nn.MultiheadAttention, got {type(theirs).__name__}")
     if not theirs.batch_first: raise ValueError("build the nn.MultiheadAttention with batch_first=True")
     if not theirs._qkv_same_embed_dim or theirs.bias_k is not None or theirs.add_zero_attn:
-        raise ValueError("only nn.MultiheadAttention without kdim/vdim, add_bias_kv and add_zero_attn has a twin here")
+        raise ValueError("only an nn.MultiheadAttention without kdim/vdim, add_bias_kv and add_zero_attn "
+                         "has a twin here")
     if (theirs.embed_dim, theirs.num_heads) != (ours.embed_dim, ours.num_heads):
         raise ValueError(f"embed_dim, num_heads: theirs {theirs.embed_dim}, {theirs.num_heads}; "
                          f"ours {ours.embed_dim}, {ours.num_heads}")
 
 def copy_from_torch(ours, theirs):
-    "Copy the weights of an nn.MultiheadAttention(batch_first=True) into our MultiHeadAttention; returns `ours`."
+    "Copy the weights of an nn.MultiheadAttention(batch_first=True) into our module; returns `ours`."
     check_torch_twin(ours, theirs)
     return copy_parameters(theirs, ours, lambda name: TORCH_NAMES.get(name, name))
 
@@ -136,8 +143,8 @@ def copy_to_torch(theirs, ours):
 def check_positions(length, offset, max_length):
     "Raise a clear error when positions offset..offset+length-1 do not fit in max_length."
     if offset < 0 or offset + length > max_length:
-        raise ValueError(f"positions {offset}..{offset + length - 1} do not fit: this table has max_length={max_length}; "
-                         f"shorten the sequence or build it with a larger max_length")
+        raise ValueError(f"positions {offset}..{offset + length - 1} do not fit: this table has "
+                         f"max_length={max_length}; shorten the sequence or build a larger table")
 
 class LearnedPositions(nn.Module):
     "Adds a trained vector per position (a table of `max_length` of them) to x of shape (..., L, dim)."
@@ -157,7 +164,8 @@ def position_frequencies(dim, base=10000.0, device=None):
 
 def sinusoidal_positions(length, dim, offset=0, base=10000.0, device=None, dtype=torch.float32):
     "The (length, dim) table of sin/cos encodings of positions offset..: even dims sin, odd dims cos."
-    angles = torch.arange(offset, offset + length, device=device, dtype=torch.float64)[:, None] * position_frequencies(dim, base, device)
+    positions = torch.arange(offset, offset + length, device=device, dtype=torch.float64)
+    angles = positions[:, None] * position_frequencies(dim, base, device)
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2).to(dtype)
 
 class SinusoidalPositions(nn.Module):

@@ -1,4 +1,4 @@
-"""Our attention, multi-head attention and positional encodings against PyTorch's (float64) and closed forms."""
+"""Our attention, multi-head attention and positions against PyTorch's (in float64) and closed forms."""
 import math
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exp.attention import (LearnedPositions, MultiHeadAttention, SinusoidalPositions, apply_rotary, causal_mask,
-                           copy_from_torch, copy_to_torch, merge_heads, scaled_dot_product_attention,
-                           sinusoidal_positions, split_heads)
+from exp.attention import (LearnedPositions, MultiHeadAttention, SinusoidalPositions, apply_rotary,
+                           causal_mask, copy_from_torch, copy_to_torch, merge_heads,
+                           scaled_dot_product_attention, sinusoidal_positions, split_heads)
 from exp.testing import test_near
 
 
@@ -31,7 +31,8 @@ def attention_and_grads(attend, q, k, v, **options):
 
 def random_qkv(batch, L, S, E=8, Ev=5, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*batch, L, E, generator=g, dtype=dtype), torch.randn(*batch, S, E, generator=g, dtype=dtype),
+    return (torch.randn(*batch, L, E, generator=g, dtype=dtype),
+            torch.randn(*batch, S, E, generator=g, dtype=dtype),
             torch.randn(*batch, S, Ev, generator=g, dtype=dtype))
 
 
@@ -48,9 +49,10 @@ CASES = {
     "causal, more keys (cache)": dict(L=3, S=7, is_causal=True),
     "causal, more queries": dict(L=6, S=3, is_causal=True),
     "bool mask, broadcast over heads": dict(L=4, S=6, attn_mask=padding_mask()),
-    "bool mask (L, S)": dict(L=4, S=6, attn_mask=torch.rand(4, 6, generator=torch.Generator().manual_seed(3)) > 0.4),
+    "bool mask (L, S)": dict(L=4, S=6, attn_mask=torch.rand(4, 6, generator=torch.Generator().manual_seed(3)) > .4),
     "float mask": dict(L=4, S=6, attn_mask=torch.randn(4, 6, dtype=torch.float64)),
-    "float mask with -inf": dict(L=4, S=6, attn_mask=torch.zeros(4, 6, dtype=torch.float64).index_fill(1, torch.tensor([0, 3]), -math.inf)),
+    "float mask with -inf": dict(L=4, S=6, attn_mask=torch.zeros(4, 6, dtype=torch.float64).index_fill(
+        1, torch.tensor([0, 3]), -math.inf)),
     "scale": dict(L=4, S=6, scale=0.3),
     "no batch dims": dict(L=4, S=6, batch=()),
     "one batch dim, Ev = E": dict(L=4, S=6, batch=(3,), Ev=8),
@@ -60,7 +62,8 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_attention_equals_torch_float64(name):
     options = dict(CASES[name])
-    shape = dict(batch=options.pop("batch", (2, 3)), L=options.pop("L"), S=options.pop("S"), Ev=options.pop("Ev", 5))
+    shape = {"batch": options.pop("batch", (2, 3)), "L": options.pop("L"), "S": options.pop("S"),
+             "Ev": options.pop("Ev", 5)}
     q, k, v = random_qkv(**shape)
     ours = attention_and_grads(scaled_dot_product_attention, q, k, v, **options)
     theirs = attention_and_grads(F.scaled_dot_product_attention, q, k, v, **options)
@@ -72,7 +75,8 @@ def test_attention_equals_torch_float64(name):
 
 def test_fully_masked_query_gets_zero_output_and_zero_gradient():
     q, k, v = random_qkv((2, 3), 4, 6)
-    out, q_grad, k_grad, v_grad = attention_and_grads(scaled_dot_product_attention, q, k, v, attn_mask=padding_mask())
+    out, q_grad, k_grad, v_grad = attention_and_grads(scaled_dot_product_attention, q, k, v,
+                                                      attn_mask=padding_mask())
     assert (out[1, :, 2] == 0).all() and (q_grad[1, :, 2] == 0).all()
     assert (k_grad[0, :, 4:] == 0).all() and (v_grad[0, :, 4:] == 0).all()     # padded keys get no gradient
 
@@ -111,7 +115,7 @@ def test_attention_float32_and_bfloat16_near_torch():
 def test_dropout_zeroes_weights_and_rescales_the_rest():
     torch.manual_seed(0)
     q, k, _ = random_qkv((4,), 32, 32)
-    eye = torch.eye(32, dtype=torch.float64).expand(4, 32, 32)    # value = identity: the output is the weights
+    eye = torch.eye(32, dtype=torch.float64).expand(4, 32, 32)    # value = identity: output = weights
     weights = scaled_dot_product_attention(q, k, eye)
     dropped = scaled_dot_product_attention(q, k, eye, dropout_p=0.25)
     kept = dropped != 0
@@ -121,8 +125,8 @@ def test_dropout_zeroes_weights_and_rescales_the_rest():
 
 def test_attention_errors_name_the_problem_and_shapes():
     q, k, v = random_qkv((2,), 4, 6)
-    with pytest.raises(ValueError, match=r"attn_mask of shape \(6, 4\) does not broadcast to the attention scores' "
-                                         r"shape \(2, 4, 6\)"):
+    with pytest.raises(ValueError, match=r"attn_mask of shape \(6, 4\) does not broadcast to the attention "
+                                         r"scores' shape \(2, 4, 6\)"):
         scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(6, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"attn_mask of shape \(3, 4, 6\)"):
         scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(3, 4, 6, dtype=torch.bool))
@@ -175,9 +179,11 @@ def test_multi_head_attention_equals_torch(kind, bias):
         ours_result, theirs_result = mha_grads(ours, [x]), mha_grads(theirs, [x, x, x], need_weights=False)
     elif kind == "causal":     # PyTorch's module needs the mask itself (True = masked out there)
         ours_result = mha_grads(ours, [x], is_causal=True)
-        theirs_result = mha_grads(theirs, [x, x, x], attn_mask=~causal_mask(5, 5), is_causal=True, need_weights=False)
+        theirs_result = mha_grads(theirs, [x, x, x], attn_mask=~causal_mask(5, 5), is_causal=True,
+                                  need_weights=False)
     elif kind == "cross":
-        ours_result, theirs_result = mha_grads(ours, [x] + memory), mha_grads(theirs, [x] + memory, need_weights=False)
+        ours_result = mha_grads(ours, [x] + memory)
+        theirs_result = mha_grads(theirs, [x] + memory, need_weights=False)
     else:
         ours_result = mha_grads(ours, [x] + memory, attn_mask=mask)
         theirs_result = mha_grads(theirs, [x] + memory, attn_mask=~mask, need_weights=False)
