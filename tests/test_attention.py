@@ -49,7 +49,8 @@ CASES = {
     "causal, more keys (cache)": dict(L=3, S=7, is_causal=True),
     "causal, more queries": dict(L=6, S=3, is_causal=True),
     "bool mask, broadcast over heads": dict(L=4, S=6, attn_mask=padding_mask()),
-    "bool mask (L, S)": dict(L=4, S=6, attn_mask=torch.rand(4, 6, generator=torch.Generator().manual_seed(3)) > .4),
+    "bool mask (L, S)": dict(L=4, S=6, attn_mask=torch.rand(4, 6, generator=torch.Generator().manual_seed(3))
+                             > 0.4),
     "float mask": dict(L=4, S=6, attn_mask=torch.randn(4, 6, dtype=torch.float64)),
     "float mask with -inf": dict(L=4, S=6, attn_mask=torch.zeros(4, 6, dtype=torch.float64).index_fill(
         1, torch.tensor([0, 3]), -math.inf)),
