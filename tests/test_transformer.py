@@ -12,8 +12,8 @@ from exp.optimizers import AdamW
 from exp.rnn import sequence_loss
 from exp.schedule import ParamScheduler, one_cycle
 from exp.testing import test_eq, test_near
-from exp.transformer import (GPT, CausalSelfAttention, GradientClipping, KVCache, RandomWindows, TorchGPT, gelu,
-                             generate, next_token, torch_gpt_name, torch_twin)
+from exp.transformer import (GPT, CausalSelfAttention, GradientClipping, KVCache, RandomWindows, TorchGPT,
+                             gelu, generate, next_token, torch_gpt_name, torch_twin)
 
 
 @pytest.fixture(autouse=True)
@@ -85,11 +85,11 @@ def test_weight_tying_shares_one_tensor():
     n_params = sum(p.numel() for p in model.parameters())
     untied = sum(p.numel() for m in model.modules() for p in m.parameters(recurse=False))  # counts it twice
     test_eq(untied - n_params, VOCAB * 16)
-    # the gradient collects both uses: through the embedding (rows of the ids read) and through the head (all rows)
+    # the gradient collects both uses: the embedding's (rows of the ids read) and the head's (every row)
     idx = torch.tensor([[1, 2, 3]])
     model(idx).logsumexp(-1).sum().backward()
     grad = model.token_embedding.weight.grad
-    assert grad is model.head.weight.grad and grad[10].abs().sum() > 0  # id 10 is never read: the head's share
+    assert grad is model.head.weight.grad and grad[10].abs().sum() > 0  # id 10 is never read: the head's
     # a step moves both, and a reloaded model is still tied
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     before = model.head.weight.detach().clone()
@@ -122,7 +122,7 @@ def test_cached_logits_equal_a_full_forward():
 
 
 def context_sensitive_gpt():
-    "A random GPT whose greedy continuations vary with the context (at GPT-2's init they settle on one token)."
+    "A random GPT whose greedy continuations depend on the context (at GPT-2's init they settle on one id)."
     model = small_gpt()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -184,7 +184,7 @@ def test_next_token_top_k_and_temperature():
 
 @pytest.mark.parametrize("make_input,message", [
     (lambda: torch.zeros(1, BLOCK + 1, dtype=torch.long), f"13 tokens is longer than block_size={BLOCK}"),
-    (lambda: torch.tensor([[0, VOCAB]]), f"token id {VOCAB} is outside the vocabulary: ids must be in 0..{VOCAB - 1}"),
+    (lambda: torch.tensor([[0, VOCAB]]), f"token id {VOCAB} is outside the vocabulary: ids must be in 0..22"),
     (lambda: torch.tensor([[-3, 1]]), "token id -3 is outside the vocabulary"),
     (lambda: torch.tensor([1, 2]), "shape (batch, time), not (2,)"),
 ])
@@ -207,7 +207,8 @@ def test_generate_errors():
     with pytest.raises(ValueError, match=r"the prompt is empty \(shape \(2, 0\)\)"):
         generate(model, torch.zeros(2, 0, dtype=torch.long), 5)
     with pytest.raises(ValueError, match=f"0..{VOCAB - 1}"): generate(model, torch.tensor([[VOCAB + 4]]), 5)
-    with pytest.raises(ValueError, match=f"vocab_size={VOCAB}, not 99"): generate(model, torch.tensor([[1]]), 5, top_k=99)
+    with pytest.raises(ValueError, match=f"vocab_size={VOCAB}, not 99"):
+        generate(model, torch.tensor([[1]]), 5, top_k=99)
     with pytest.raises(ValueError, match="top_k=1"): generate(model, torch.tensor([[1]]), 5, temperature=0)
     with pytest.raises(ValueError, match="max_new_tokens"): generate(model, torch.tensor([[1]]), -1)
     # a prompt longer than the block is fine: generation reads its last block
