@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from exp.data import load_tinyshakespeare
-from exp.tokenizer import (GPT2_SPLIT_PATTERN, BPETokenizer, count_chunks, count_pairs, encode_chunk, learn_merges,
-                           merge_pair, split_on_special)
+from exp.tokenizer import (GPT2_SPLIT_PATTERN, BPETokenizer, count_chunks, count_pairs, encode_chunk,
+                           learn_merges, merge_pair, split_on_special)
 
 EOT = "<|endoftext|>"
 UNSEEN = ["", " ", "café naïve", "🙂👍🏽 emoji", "東京は晴れ", "Ünïcödé\t\r\n  trailing ", "x² ½ Ⅻ e\u0301",
@@ -77,8 +77,9 @@ def test_round_trip_is_exact_on_any_text(small, corpus):
         assert small.decode(ids) == s
     rng = random.Random(0)
     for _ in range(200):  # random code points from every plane, surrogates excluded (they are not UTF-8)
-        s = "".join(chr(rng.choice([rng.randrange(0x80), rng.randrange(0xD800), rng.randrange(0xE000, 0x110000)]))
-                    for _ in range(rng.randrange(30)))
+        ranges = [(0, 0x80), (0x80, 0xD800), (0xE000, 0x110000)]
+        code_points = [rng.randrange(*rng.choice(ranges)) for _ in range(rng.randrange(30))]
+        s = "".join(map(chr, code_points))
         assert small.decode(small.encode(s)) == s
     assert small.encode("") == []
     assert small.decode([]) == ""
@@ -104,8 +105,11 @@ def test_special_tokens_are_single_ids_never_merged():
     eot, pad = tokenizer.special_tokens[EOT], tokenizer.special_tokens["<pad>"]
     assert (eot, pad) == (268, 269) and len(tokenizer) == 270
     assert tokenizer.encode(EOT) == [eot]
-    assert tokenizer.encode(f"a{EOT}{EOT}<pad>b") == tokenizer.encode("a") + [eot, eot, pad] + tokenizer.encode("b")
+    expected = tokenizer.encode("a") + [eot, eot, pad] + tokenizer.encode("b")
+    assert tokenizer.encode(f"a{EOT}{EOT}<pad>b") == expected
     assert tokenizer.decode(tokenizer.encode(text)) == text
+    plain = tokenizer.encode_ordinary(f"a{EOT}")  # user text that must not smuggle in a special token
+    assert eot not in plain and len(plain) > 2 and tokenizer.decode(plain) == f"a{EOT}"
     # the special token occurs 400 times, yet no merge learnt its pieces
     assert not any(b"endoftext" in token or b"|>" in token for token in tokenizer.vocab[256:eot])
     assert split_on_special(f"{EOT}x{EOT}", [EOT]) == [EOT, "x", EOT]
@@ -137,14 +141,16 @@ def test_save_and_load_a_plain_json_file(small, tmp_path, corpus):
     ('{"format": "tiktoken"}', "does not say format"),
     ('{"format": "foundations BPETokenizer", "version": 2}', "version 2, this code reads version 1"),
     ('{"format": "foundations BPETokenizer", "version": 1, "merges": []}', "no split pattern"),
-    ('{"format": "foundations BPETokenizer", "version": 1, "pattern": "x", "special_tokens": []}', "no list of merges"),
+    ('{"format": "foundations BPETokenizer", "version": 1, "pattern": "x", "special_tokens": []}',
+     "no list of merges"),
     ('{"format": "foundations BPETokenizer", "version": 1, "pattern": "x", "merges": [[1, 2], [3, 257]], '
      '"special_tokens": []}', "merge 1 is [3, 257], want two ids below 257"),
     ('{"format": "foundations BPETokenizer", "version": 1, "pattern": "x", "merges": [[1, 2, 3]], '
      '"special_tokens": []}', "merge 0 is [1, 2, 3]"),
     ('{"format": "foundations BPETokenizer", "version": 1, "pattern": "x", "merges": [[1.0, 2]], '
      '"special_tokens": []}', "merge 0 is [1.0, 2]"),
-    ('{"format": "foundations BPETokenizer", "version": 1, "pattern": "x", "merges": [], "special_tokens": "a"}',
+    ('{"format": "foundations BPETokenizer", "version": 1, "pattern": "x", "merges": [], '
+     '"special_tokens": "a"}',
      "no list of special tokens"),
     ('{"format": "foundations BPETokenizer", "version": 1, "pattern": "x", "merges": [], '
      '"special_tokens": ["a", "a"]}', "special tokens must be distinct"),
@@ -165,16 +171,20 @@ def test_bad_input_gets_clear_errors(small):
     with pytest.raises(ValueError, match="cannot decode id -1"): small.decode([-1])
     with pytest.raises(TypeError): small.decode([1.5])
     with pytest.raises(TypeError, match="expected a str to tokenize, got bytes"): small.encode(b"abc")
-    with pytest.raises(ValueError, match=r"vocab_size=256 is too small: .* 1 special token\(s\), so vocab_size >= 257"):
+    too_small = r"vocab_size=256 is too small: .* 1 special token\(s\), so vocab_size >= 257"
+    with pytest.raises(ValueError, match=too_small):
         BPETokenizer.train("some text", 256, special_tokens=[EOT])
     with pytest.raises(ValueError, match="vocab_size >= 256"): BPETokenizer.train("some text", 100)
-    with pytest.raises(ValueError, match="distinct"): BPETokenizer.train("text", 300, special_tokens=[EOT, EOT])
-    with pytest.raises(ValueError, match="non-empty strings"): BPETokenizer.train("text", 300, special_tokens=[""])
+    with pytest.raises(ValueError, match="distinct"):
+        BPETokenizer.train("text", 300, special_tokens=[EOT, EOT])
+    with pytest.raises(ValueError, match="non-empty strings"):
+        BPETokenizer.train("text", 300, special_tokens=[""])
     with pytest.raises(TypeError, match="got list"): BPETokenizer.train(["text"], 300)
 
 
 def test_a_text_too_small_for_the_vocabulary_warns():
-    with pytest.warns(UserWarning, match="ran out of pairs to merge after 3 of 44 merges: the vocabulary has 259 tokens, not 300"):
+    expected = "ran out of pairs to merge after 3 of 44 merges: the vocabulary has 259 tokens, not 300"
+    with pytest.warns(UserWarning, match=expected):
         tokenizer = BPETokenizer.train("abcd", 300)
     assert len(tokenizer) == 259 and tokenizer.encode("abcd") == [258]
     with warnings.catch_warnings():
