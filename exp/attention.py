@@ -47,21 +47,22 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     "softmax(q k^T / sqrt(E) + mask) v, with the arguments and meaning of F.scaled_dot_product_attention."
     check_attention_inputs(query, key, value, attn_mask, is_causal)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
-    scores = (query @ key.transpose(-2, -1)) * scale
+    scores = (query * scale) @ key.transpose(-2, -1)    # scale the (L, E) query, not the (L, S) scores
     if is_causal: attn_mask = causal_mask(query.shape[-2], key.shape[-2], device=query.device)
     if attn_mask is not None:
         check_mask_shape(attn_mask, scores.shape)
         if attn_mask.dtype == torch.bool: scores = scores.masked_fill(~attn_mask, float("-inf"))
         else: scores = scores + attn_mask
     weights = torch.softmax(scores, dim=-1)
-    if attn_mask is not None and attn_mask.dtype == torch.bool:
+    if attn_mask is not None and attn_mask.dtype == torch.bool and not is_causal:
         # a query that may see no key at all gets zero weights (softmax of all -inf is nan), as PyTorch does
-        weights = weights.masked_fill(~attn_mask.any(-1, keepdim=True), 0.0)
+        sees_a_key = attn_mask.any(-1, keepdim=True)
+        if not sees_a_key.all(): weights = weights.masked_fill(~sees_a_key, 0.0)
     if dropout_p > 0:   # drop weights at random, rescaling the survivors so the expectation is unchanged
         weights = weights * (torch.rand_like(weights) >= dropout_p) / (1 - dropout_p)
     return weights @ value
 
-# %% nbs/17_attention.ipynb cell 20
+# %% nbs/17_attention.ipynb cell 22
 def split_heads(x, num_heads):
     "(..., L, num_heads * head_dim) -> (..., num_heads, L, head_dim)."
     return x.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
@@ -70,7 +71,7 @@ def merge_heads(x):
     "(..., num_heads, L, head_dim) -> (..., L, num_heads * head_dim): the inverse of `split_heads`."
     return x.transpose(-3, -2).flatten(-2)
 
-# %% nbs/17_attention.ipynb cell 21
+# %% nbs/17_attention.ipynb cell 23
 class MultiHeadAttention(nn.Module):
     "Batch-first multi-head attention in nn.MultiheadAttention's weight layout; masks as in attention."
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True):
@@ -113,7 +114,7 @@ class MultiHeadAttention(nn.Module):
         out = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)
         return self.out_proj(merge_heads(out))
 
-# %% nbs/17_attention.ipynb cell 23
+# %% nbs/17_attention.ipynb cell 25
 TORCH_NAMES = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
 
 def check_torch_twin(ours, theirs):
@@ -139,7 +140,7 @@ def copy_to_torch(theirs, ours):
     our_names = {v: k for k, v in TORCH_NAMES.items()}
     return copy_parameters(ours, theirs, lambda name: our_names.get(name, name))
 
-# %% nbs/17_attention.ipynb cell 29
+# %% nbs/17_attention.ipynb cell 31
 def check_positions(length, offset, max_length):
     "Raise a clear error when positions offset..offset+length-1 do not fit in max_length."
     if offset < 0 or offset + length > max_length:
