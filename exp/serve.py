@@ -140,7 +140,9 @@ def create_app(predict, info, max_batch=32, max_wait_ms=5, max_body_bytes=1 << 2
     async def info_route(request): return JSONResponse({**info, **limits})
     async def stats(request):
         sizes = {str(size): n for size, n in sorted(batcher.batch_sizes.items())}
-        return JSONResponse({**counts, "batches": sum(batcher.batch_sizes.values()), "batch_sizes": sizes})
+        batches = sum(batcher.batch_sizes.values())
+        waiting = len(batcher.pending)  # rows waiting for their batch right now
+        return JSONResponse({**counts, "waiting": waiting, "batches": batches, "batch_sizes": sizes})
 
     async def http_error(request, e):  # Starlette's own 404 and 405, as JSON like ours
         message = f"{request.method} {request.url.path}: {e.detail}"

@@ -105,3 +105,16 @@ def test_cli(exported, tmp_path):
     assert bad_size.returncode != 0 and "mnist_sized.png" in bad_size.stderr and "28×28" in bad_size.stderr
     no_model = _cli(tmp_path / "none.onnx", images[0])
     assert no_model.returncode != 0 and "none.onnx" in no_model.stderr
+
+
+def test_image_to_row_reads_bytes_like_files(tmp_path):
+    from io import BytesIO
+    from exp.deploy import image_to_row
+    row = np.random.default_rng(2).random(64).astype(np.float32)
+    path = save_image(row, tmp_path / "a.png")
+    np.testing.assert_array_equal(image_to_row(BytesIO(path.read_bytes()), model_info(8), "the body"), read_image(path, model_info(8)))
+    with pytest.raises(DeployError, match=r"cannot read the body: not an image that Pillow can open \(UnidentifiedImageError\)"):
+        image_to_row(BytesIO(b"not a png"), model_info(8), "the body")
+    not_png = tmp_path / "text.png"
+    not_png.write_text("hello")
+    with pytest.raises(DeployError, match=r"cannot read image .*text.png.*not an image"): read_image(not_png, model_info(8))
