@@ -112,13 +112,14 @@ def test_forward_backward_and_double_backward_on_meta(name):
         test_eq(tuple(v.grad.shape), tuple(v.shape))
 
 
-def test_im2col_and_col2im_are_adjoint():
+def test_im2col_and_col2im_are_adjoint_and_match_unfold():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 7, 5, dtype=torch.float64, generator=gen)
     cols = im2col(x, (3, 2), 2, 1)
     g = torch.randn(cols.shape, dtype=torch.float64, generator=gen)
     test_near((cols * g).sum(), (x * col2im(g, (7, 5), (3, 2), 2, 1)).sum(), atol=1e-10, rtol=1e-12)
-    test_eq(cols, F.unfold(x, (3, 2), padding=1, stride=2))
+    unfolded = F.unfold(x, (3, 2), padding=1, stride=2)  # torch's layout (N, C·kh·kw, L); ours is (C·kh·kw, N·L)
+    test_eq(cols, unfolded.transpose(0, 1).reshape(unfolded.shape[1], -1))
 
 
 def test_dropout_is_inverted_and_identity_in_eval_mode():
