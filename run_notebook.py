@@ -5,16 +5,21 @@
     python run_notebook.py nbs/01_matmul.ipynb --save
     python run_notebook.py nbs --keep_going --timeout 120
 
-One line per notebook: its status, name and seconds. A failing cell is named by notebook, cell
-number (counting every cell from 1, as they appear in JupyterLab), its first line and the exception;
-the exit status is 1 when anything failed. Environment variables (e.g. `EXP_DATASET=mnist`) reach
+One line per notebook: its status, name and seconds; a run of several ends with a summary line
+(ok, failed and not-run counts, total seconds). A failing cell is named by notebook, cell number
+(counting every cell from 1, as they appear in JupyterLab), its first line and the exception; the
+exit status is 1 when anything failed. The kernel's own stderr comes through, less ipykernel's
+"Kernel is running over TCP without encryption" warning (on loopback, where nbclient puts the kernel,
+there is no one to eavesdrop; it printed once per notebook). Environment variables (e.g. `EXP_DATASET=mnist`) reach
 the kernel. `--save` writes the executed outputs back into each notebook that ran cleanly.
 """
-import os, re, sys, time
+import os, re, sys, threading, time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# ipykernel's kernelapp.py logs this at every start over TCP; only this line is dropped, nothing else it logs
+TCP_WARNING = re.compile(r"^\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption\.")
 
 
 class NotebookFailure(Exception):
@@ -53,6 +58,16 @@ def kernel_environment():
     return env
 
 
+def forward_kernel_stderr(read_fd, out):
+    "Copy the kernel's stderr to `out` line by line, less the TCP warning, until the pipe closes."
+    with open(read_fd, "rb") as pipe:
+        for line in pipe:
+            text = line.decode("utf-8", errors="replace")
+            if not TCP_WARNING.match(text):
+                out.write(text)
+                out.flush()
+
+
 def execute(path, timeout, kernel_name):
     "Run one notebook in a fresh kernel, in its own folder; the executed notebook, or NotebookFailure."
     import nbformat
@@ -63,8 +78,11 @@ def execute(path, timeout, kernel_name):
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}},
                             on_cell_start=lambda cell, cell_index: current.update(index=cell_index))
+    read_fd, write_fd = os.pipe()  # the kernel's stderr, read by a thread that filters the TCP warning out
+    forwarder = threading.Thread(target=forward_kernel_stderr, args=(read_fd, sys.stderr), daemon=True)
+    forwarder.start()
     try:
-        client.execute(env=kernel_environment())
+        client.execute(env=kernel_environment(), stderr=write_fd)
     except CellExecutionError:
         index = current["index"]
         ename, evalue, traceback = error_of(nb.cells[index]) or ("Error", "", "")
@@ -75,6 +93,9 @@ def execute(path, timeout, kernel_name):
     except DeadKernelError as e:
         index = current["index"]
         raise NotebookFailure(describe(path, nb, index, f"the kernel died: {e}"), "") from None
+    finally:
+        os.close(write_fd)  # the kernel has exited: the forwarder reads to the end and stops
+        forwarder.join(timeout=5)  # a process the notebook started may still hold the pipe: don't wait on it
     return nb
 
 
@@ -99,7 +120,7 @@ def main(*paths, timeout=600, save=False, keep_going=False, kernel_name="python3
     except FileNotFoundError as e:
         print(f"run_notebook: error: {e}", file=sys.stderr)
         sys.exit(2)
-    failures = []
+    failures, succeeded, started = [], 0, time.perf_counter()
     for path in notebooks:
         start = time.perf_counter()
         try:
@@ -113,9 +134,14 @@ def main(*paths, timeout=600, save=False, keep_going=False, kernel_name="python3
             if not keep_going: break
             continue
         print(f"ok      {path.name:<40} {time.perf_counter() - start:6.1f}s", flush=True)
+        succeeded += 1
         if save:
             import nbformat
             nbformat.write(nb, path)
+    if len(notebooks) > 1:
+        not_run = len(notebooks) - succeeded - len(failures)
+        print(f"summary: {succeeded} ok, {len(failures)} failed, {not_run} not run, of {len(notebooks)} notebooks "
+              f"in {time.perf_counter() - started:.1f}s", flush=True)
     if failures:
         print(f"run_notebook: {len(failures)} notebook(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         sys.exit(1)

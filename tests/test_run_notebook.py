@@ -1,5 +1,5 @@
 """run_notebook.py: headless runs, exit codes, and messages that say where a notebook broke."""
-import os, subprocess, sys
+import os, re, subprocess, sys
 from pathlib import Path
 import nbformat
 import pytest
@@ -39,14 +39,19 @@ def test_failure_names_notebook_cell_first_line_and_exception_and_stops(notebook
     assert result.returncode == 1
     assert "02_bad.ipynb: cell 3 ('z = y / 0  # divide') failed: ZeroDivisionError: division by zero" in result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("ok") and lines[1].startswith("failed") and len(lines) == 2
+    assert lines[0].startswith("ok") and lines[1].startswith("failed") and len(lines) == 3
+    assert re.fullmatch(r"summary: 1 ok, 1 failed, 1 not run, of 3 notebooks in \d+\.\ds", lines[2]), lines[2]
     assert not (notebooks / "ran-03").exists()  # the later notebook did not run
 
 
 def test_keep_going_runs_later_notebooks_and_still_fails(notebooks):
     result = run(notebooks, "--keep_going")
     assert result.returncode == 1
-    assert [l.split()[0] for l in result.stdout.splitlines()] == ["ok", "failed", "ok"]
+    *statuses, summary = result.stdout.splitlines()
+    assert [line.split()[0] for line in statuses] == ["ok", "failed", "ok"]
+    total = float(re.fullmatch(r"summary: 2 ok, 1 failed, 0 not run, of 3 notebooks in (\d+\.\d)s", summary).group(1))
+    each = [float(line.split()[-1].rstrip("s")) for line in statuses]
+    assert sum(each) - 0.2 <= total < sum(each) + 30  # the whole run, not one notebook
     assert (notebooks / "ran-03").exists()  # notebooks run in their own folder
 
 
@@ -77,3 +82,25 @@ def test_missing_path_and_no_arguments_exit_2(tmp_path):
     result = run(tmp_path / "absent.ipynb")
     assert result.returncode == 2 and "absent.ipynb: no such notebook or folder" in result.stderr
     assert run().returncode == 2
+
+
+def test_the_tcp_warning_is_dropped_and_real_kernel_messages_are_shown(tmp_path):
+    "ipykernel warns at every start over TCP; that line goes, while what the kernel logs or writes to stderr stays."
+    write_nb(tmp_path / "logs.ipynb", "kernel = get_ipython().kernel\n"
+             "kernel.log.error('a real kernel error: the disk is full')\n"
+             "kernel.log.warning('Kernel is running low on memory')\n"
+             "import os\nos.write(2, b'written to the kernel fd 2\\n')")
+    result = run(tmp_path / "logs.ipynb", tmp_path / "logs.ipynb")
+    assert result.returncode == 0, result.stderr
+    assert "without encryption" not in result.stderr
+    assert result.stderr.count("[IPKernelApp] ERROR | a real kernel error: the disk is full") == 2  # once per run
+    assert "[IPKernelApp] WARNING | Kernel is running low on memory" in result.stderr
+    assert "written to the kernel fd 2" in result.stderr
+    assert result.stdout.splitlines()[-1].startswith("summary: 2 ok, 0 failed, 0 not run, of 2 notebooks in ")
+
+
+def test_a_kernel_that_dies_is_still_reported(tmp_path):
+    write_nb(tmp_path / "dies.ipynb", "import os\nos._exit(3)")
+    result = run(tmp_path / "dies.ipynb")
+    assert result.returncode == 1 and "dies.ipynb: cell 1 ('import os') failed: the kernel died" in result.stderr
+    assert "without encryption" not in result.stderr
