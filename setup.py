@@ -27,6 +27,12 @@ setup(
     package_data={cfg["lib_path"]: ["assets/*"]},  # the text corpus ships inside the package, as the digits do
     python_requires=">=" + cfg["min_python"],
     install_requires=requirements("requirements"),
-    extras_require={"dev": requirements("dev_requirements"), "bench": requirements("bench_requirements")},
+    extras_require={
+        # the tests exercise the server and build the website, so the dev extra brings both
+        "dev": requirements("dev_requirements") + requirements("serve_requirements") + requirements("docs_requirements"),
+        "serve": requirements("serve_requirements"),
+        "docs": requirements("docs_requirements"),
+        "bench": requirements("bench_requirements"),
+    },
     zip_safe=False,
 )

@@ -50,7 +50,7 @@ def _declared_distributions():
     import configparser, re
     config = configparser.ConfigParser()
     config.read(ROOT / "settings.ini")
-    keys = ("requirements", "dev_requirements", "bench_requirements")
+    keys = ("requirements", "dev_requirements", "serve_requirements", "docs_requirements", "bench_requirements")
     return {re.split(r"[<>=!~ ]", req)[0].lower().replace("_", "-")
             for key in keys for req in config["DEFAULT"].get(key, "").split()}
 
@@ -58,7 +58,8 @@ def _declared_distributions():
 def _code_sources():
     "(file, source) for the package, the CLIs, tests, benchmarks and every notebook's code cells."
     import json
-    files = [*ROOT.glob("*.py"), *(ROOT / "exp").glob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+    files = [*ROOT.glob("*.py"), *(ROOT / "exp").glob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"),
+             *(ROOT / "docs").glob("*.py")]
     for path in files:
         yield path.relative_to(ROOT), path.read_text(encoding="utf-8")
     for notebook in sorted((ROOT / "nbs").glob("*.ipynb")):
