@@ -150,7 +150,8 @@ def main(rounds, vocab_sizes, encode_vocab, results):
     if results:
         path = Path(results)
         title = "# Tokenizers: exp.tokenizer's byte-level BPE vs Hugging Face `tokenizers`\n\n"
-        with path.open("a", encoding="utf-8") as f: f.write(("" if path.exists() else title) + report + "\n")
+        title = "" if path.exists() else title  # before open("a") creates the file
+        with path.open("a", encoding="utf-8") as f: f.write(title + report + "\n")
 
 
 def header_lines(rounds, vocab_sizes, encode_vocab, workers, load_before, load_after):
