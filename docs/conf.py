@@ -27,10 +27,11 @@ mathjax_path = "MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
 # skip the whole page, so MyST leaves the classes alone here.
 myst_update_mathjax = False
 mathjax2_config = {"tex2jax": {"processEscapes": True}, "messageStyle": "none",
-                   # the package carries the STIX-Web fonts only (as Jupyter's own pages use them)
+                   # the package carries the STIX-Web fonts only (as Jupyter's own pages use them), and
+                   # the quick preview would ask for TeX fonts that it lacks
                    "HTML-CSS": {"availableFonts": [], "preferredFont": None, "imageFont": None,
                                 "webFont": "STIX-Web"},
-                   "SVG": {"font": "STIX-Web"}}
+                   "fast-preview": {"disabled": True}, "CHTML-preview": {"disabled": True}}
 
 html_theme = "sphinx_book_theme"
 html_title = "foundations: deep learning from the foundations"
