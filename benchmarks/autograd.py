@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Our autograd engine (exp.autograd) vs DeZero vs torch.autograd, measured in one run.
 
-    python benchmarks/autograd.py [--rounds 9] [--inner 3] [--threads 1]
+    python benchmarks/autograd.py [--rounds 9] [--inner 3] [--threads 1] [--only cnn]
 
-Three workloads:
+Four workloads:
   (a) chain:  a 2,000-op scalar chain (sin and *1.01, alternating), forward + backward, float64
   (b) mlp:    one SGD training step of a 784-1000-10 ReLU MLP on a batch of 100 (cross-entropy)
   (c) grad2:  the second derivative of a 100-op scalar expression (backward with create_graph, twice)
+  (d) cnn:    one SGD training step of a small CNN on a batch of 64 28x28 images (float32):
+              conv 1->16 3x3 pad 1, ReLU, 2x2 max pool, conv 16->32 3x3 pad 1, ReLU, 2x2 max pool, linear 1568->10
 
 Each library runs in its own worker process (torch's and numpy's thread pools never share a
 process, limited to `--threads` threads: 1 by default, since on a small shared machine a thread pool
@@ -22,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN_OPS, EXPR_OPS, BATCH, SIZES = 2000, 100, 100, (784, 1000, 10)
+CNN_BATCH, CNN_SIDE, CNN_WIDTH = 64, 28, 16
 
 
 # ---------------------------------------------------------------- workers: one library each
@@ -57,7 +60,23 @@ def ours_cases():
             opt.zero_grad(); loss.backward(); opt.step()
             return loss.data.item()
         return step
-    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(torch.float32), "mlp64": mlp_case(torch.float64)}
+    def cnn_case():
+        from exp.autograd_functions import max_pool2d, flatten
+        from exp.autograd_layers import Conv2d
+        torch.manual_seed(0)
+        width = CNN_WIDTH
+        model = Sequential(Conv2d(1, width, 3, padding=1), relu, lambda x: max_pool2d(x, 2),
+                           Conv2d(width, 2 * width, 3, padding=1), relu, lambda x: max_pool2d(x, 2), flatten,
+                           Linear(2 * width * (CNN_SIDE // 4) ** 2, 10))
+        opt = SGD(model.parameters(), lr=0.01)
+        x, t = torch.rand(CNN_BATCH, 1, CNN_SIDE, CNN_SIDE), torch.randint(0, 10, (CNN_BATCH,))
+        def step():
+            loss = softmax_cross_entropy(model(x), t)  # the batch is a plain tensor: no gradient for it
+            opt.zero_grad(); loss.backward(); opt.step()
+            return loss.data.item()
+        return step
+    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(torch.float32), "mlp64": mlp_case(torch.float64),
+            "cnn": cnn_case()}
 
 
 def torch_cases():
@@ -89,7 +108,21 @@ def torch_cases():
             opt.zero_grad(); loss.backward(); opt.step()
             return loss.item()
         return step
-    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(torch.float32), "mlp64": mlp_case(torch.float64)}
+    def cnn_case():
+        torch.manual_seed(0)
+        nn, width = torch.nn, CNN_WIDTH
+        model = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(2 * width * (CNN_SIDE // 4) ** 2, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        x, t = torch.rand(CNN_BATCH, 1, CNN_SIDE, CNN_SIDE), torch.randint(0, 10, (CNN_BATCH,))
+        def step():
+            loss = F.cross_entropy(model(x), t)
+            opt.zero_grad(); loss.backward(); opt.step()
+            return loss.item()
+        return step
+    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(torch.float32), "mlp64": mlp_case(torch.float64),
+            "cnn": cnn_case()}
 
 
 def dezero_cases():
@@ -135,7 +168,35 @@ def dezero_cases():
         step.dtype = (f"W {dtypes(p.data for p in params if p.data.ndim == 2)}, b {dtypes(p.data for p in params if p.data.ndim == 1)}, "
                       f"gradients {dtypes(p.grad.data for p in params)}")
         return step
-    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(None), "mlp-f32": mlp_case(np.float32), "mlp64": mlp_case(np.float64)}
+    def cnn_case():
+        "Every weight cast to float32 after the first call (numpy 2 makes dezero's conv weights float64)."
+        import dezero.layers as L
+        np.random.seed(0)
+        width = CNN_WIDTH
+        class CNN(models.Model):
+            def __init__(self):
+                super().__init__()
+                self.conv1, self.conv2 = L.Conv2d(width, 3, 1, 1), L.Conv2d(2 * width, 3, 1, 1)
+                self.head = L.Linear(10)
+            def forward(self, x):
+                x = F.pooling(F.relu(self.conv1(x)), 2, 2)
+                x = F.pooling(F.relu(self.conv2(x)), 2, 2)
+                return self.head(F.reshape(x, (len(x), -1)))
+        model = CNN()
+        opt = optimizers.SGD(lr=0.01).setup(model)
+        x = np.random.rand(CNN_BATCH, 1, CNN_SIDE, CNN_SIDE).astype(np.float32)
+        t = np.random.randint(0, 10, CNN_BATCH)
+        model(x)
+        for p in model.params(): p.data = p.data.astype(np.float32)
+        def step():
+            loss = F.softmax_cross_entropy(model(x), t)
+            model.cleargrads(); loss.backward(); opt.update()
+            return float(loss.data)
+        step()
+        step.dtype = "/".join(sorted({str(p.data.dtype) for p in model.params()}))
+        return step
+    return {"chain": chain, "grad2": grad2, "mlp": mlp_case(None), "mlp-f32": mlp_case(np.float32),
+            "mlp64": mlp_case(np.float64), "cnn": cnn_case()}
 
 
 def worker(library, inner):
@@ -185,22 +246,26 @@ CONTENDERS = {  # column -> (library, case) for each workload
     "mlp": [("ours", "mlp"), ("dezero", "mlp"), ("dezero", "mlp-f32"), ("torch", "mlp")],
     "mlp64": [("ours", "mlp64"), ("dezero", "mlp64"), ("torch", "mlp64")],
     "grad2": [("ours", "grad2"), ("dezero", "grad2"), ("torch", "grad2")],
+    "cnn": [("ours", "cnn"), ("dezero", "cnn"), ("torch", "cnn")],
 }
 LABELS = {("dezero", "mlp"): "dezero 0.0.13 as installed (float32 data)", ("dezero", "mlp-f32"): "dezero 0.0.13, float32 weights and data"}
 TITLES = {"chain": f"(a) {CHAIN_OPS:,}-op scalar chain, forward + backward (float64)",
           "mlp": f"(b) one training step, MLP {'-'.join(map(str, SIZES))}, batch {BATCH} (float32)",
           "mlp64": f"(b') the same step in float64 (every engine fully dtype-matched)",
-          "grad2": f"(c) second derivative of a {EXPR_OPS}-op scalar expression (float64)"}
+          "grad2": f"(c) second derivative of a {EXPR_OPS}-op scalar expression (float64)",
+          "cnn": f"(d) one training step, CNN conv{CNN_WIDTH}-pool-conv{2 * CNN_WIDTH}-pool-linear, batch {CNN_BATCH} "
+                 f"of {CNN_SIDE}x{CNN_SIDE} (float32, every engine)"}
 
 
-def main(rounds, inner, threads):
+def main(rounds, inner, threads, only=None):
     import torch
     load = os.getloadavg()[0]
+    workloads = {w: c for w, c in CONTENDERS.items() if not only or w in only}
     workers = {lib: Worker(lib, inner, threads) for lib in ("ours", "dezero", "torch")}
-    times = {w: {c: [] for c in CONTENDERS[w]} for w in CONTENDERS}
+    times = {w: {c: [] for c in workloads[w]} for w in workloads}
     try:
         for r in range(rounds):
-            for workload, contenders in CONTENDERS.items():
+            for workload, contenders in workloads.items():
                 order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]  # rotate who goes first
                 for lib, case in order: times[workload][(lib, case)].append(workers[lib].time(case))
     finally:
@@ -212,10 +277,10 @@ def main(rounds, inner, threads):
           f"dezero {workers['dezero'].info['threads']}.\n")
     dtypes = workers["dezero"].info["dtypes"]
     print(f"DeZero's MLP dtypes after a step: as installed, {dtypes['mlp']}; with float32 weights and data, "
-          f"{dtypes['mlp-f32']}; float64, {dtypes['mlp64']}.")
+          f"{dtypes['mlp-f32']}; float64, {dtypes['mlp64']}. DeZero's CNN weights: {dtypes['cnn']}.")
     print(f"{rounds} interleaved rounds, each timing the median of {inner} runs; medians over rounds of wall-clock "
           f"and of process CPU time; ratios are medians of per-round ratios (ours / this: < 1 means ours is faster).\n")
-    for workload, contenders in CONTENDERS.items():
+    for workload, contenders in workloads.items():
         ours = times[workload][("ours", workload)]
         print(f"## {TITLES[workload]}\n")
         print("| engine | wall ms | ours / this (wall) | CPU ms | ours / this (CPU) |\n|---|---:|---:|---:|---:|")
@@ -235,7 +300,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--inner", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="threads per library (0: the libraries' defaults)")
+    parser.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), help="run only these workloads")
     parser.add_argument("--worker", choices=["ours", "torch", "dezero"])
     args = parser.parse_args()
     if args.worker: worker(args.worker, args.inner)
-    else: main(args.rounds, args.inner, args.threads)
+    else: main(args.rounds, args.inner, args.threads, args.only)

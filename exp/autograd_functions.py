@@ -5,7 +5,7 @@ __all__ = ['im2col_tensor', 'col2im_tensor', 'Im2col', 'Col2im', 'im2col', 'col2
 # %% nbs/19_autograd_functions.ipynb cell 9
 import torch
 import torch.nn.functional as F
-from .autograd import Config, Function, Variable, Sum, Max, no_grad, reshape, transpose, matmul, getitem, sigmoid, log
+from .autograd import Config, Function, Variable, Sum, reshape, transpose, matmul, getitem, sigmoid, log
 
 def _data(x):
     "The tensor inside a Variable, or the tensor itself."
@@ -53,7 +53,8 @@ class Col2im(Function):
     def __init__(self, image_size, kernel_size, stride=1, padding=0):
         self.image_size, self.kernel_size = tuple(image_size), _pair(kernel_size)
         self.stride, self.padding = _pair(stride), _pair(padding)
-    def forward(self, cols): return col2im_tensor(cols, self.image_size, self.kernel_size, self.stride, self.padding)
+    def forward(self, cols):
+        return col2im_tensor(cols, self.image_size, self.kernel_size, self.stride, self.padding)
     def backward(self, gy, cols): return im2col(gy, self.kernel_size, self.stride, self.padding)
 
 def im2col(x, kernel_size, stride=1, padding=0): return Im2col(kernel_size, stride, padding)(x)
@@ -67,20 +68,22 @@ def _check_conv(name, x, weight, channels_axis):
         raise ValueError(f"{name} needs an input (N, C, H, W) and a 4-D weight, "
                          f"got shapes {tuple(x.shape)} and {tuple(weight.shape)}")
     if x.shape[1] != weight.shape[channels_axis]:
-        raise ValueError(f"{name}: the input has {x.shape[1]} channel(s) (shape {tuple(x.shape)}) but the weight "
-                         f"{tuple(weight.shape)} expects {weight.shape[channels_axis]}: "
-                         f"pass an input with {weight.shape[channels_axis]} channels or build the layer for {x.shape[1]}")
+        expected = weight.shape[channels_axis]
+        raise ValueError(f"{name}: the input has {x.shape[1]} channel(s) (shape {tuple(x.shape)}) but the "
+                         f"weight {tuple(weight.shape)} expects {expected}: "
+                         f"pass an input with {expected} channels or build the layer for {x.shape[1]}")
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):
-    "2-D convolution (cross-correlation, as torch) of (N, C, H, W) by a weight (O, C, kh, kw): im2col, one matmul."
+    "2-D convolution (cross-correlation, as torch) of (N, C, H, W) by a weight (O, C, kh, kw) via im2col."
     xd, wd = _data(x), _data(weight)
     _check_conv("conv2d", xd, wd, 1)
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     n, _, h, w = xd.shape
     out_channels, _, kh, kw = wd.shape
     if kh > h + 2 * ph or kw > w + 2 * pw:
-        raise ValueError(f"conv2d: the kernel {(kh, kw)} is larger than the padded input {(h + 2 * ph, w + 2 * pw)} "
-                         f"(input {tuple(xd.shape)}, padding {(ph, pw)}): pad more or use a smaller kernel")
+        raise ValueError(f"conv2d: the kernel {(kh, kw)} is larger than the padded input "
+                         f"{(h + 2 * ph, w + 2 * pw)} (input {tuple(xd.shape)}, padding {(ph, pw)}): "
+                         f"pad more or use a smaller kernel")
     cols = im2col(x, (kh, kw), (sh, sw), (ph, pw))                  # (C·kh·kw, N·L)
     y = matmul(reshape(weight, (out_channels, -1)), cols)           # (O, N·L): one matrix product
     y = reshape(y, (out_channels, n, _conv_size(h, kh, sh, ph), _conv_size(w, kw, sw, pw)))
@@ -96,8 +99,9 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     _, out_channels, kh, kw = wd.shape
     out_h, out_w = (h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw
     if out_h < 1 or out_w < 1:
-        raise ValueError(f"conv_transpose2d: input {tuple(xd.shape)} with kernel {(kh, kw)}, stride {(sh, sw)} and "
-                         f"padding {(ph, pw)} gives an empty output {(out_h, out_w)}: use less padding")
+        raise ValueError(f"conv_transpose2d: input {tuple(xd.shape)} with kernel {(kh, kw)}, stride "
+                         f"{(sh, sw)} and padding {(ph, pw)} gives an empty output {(out_h, out_w)}: "
+                         f"use less padding")
     rows = reshape(transpose(x, (1, 0, 2, 3)), (channels, n * h * w))             # (C, N·H·W)
     cols = matmul(transpose(reshape(weight, (channels, -1))), rows)               # (O·kh·kw, N·H·W)
     y = col2im(cols, (out_h, out_w), (kh, kw), (sh, sw), (ph, pw))
@@ -130,8 +134,8 @@ def _pool_geometry(x, kernel_size, stride, padding):
     (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride if stride is not None else kernel_size)
     (ph, pw), (h, w) = _pair(padding), x.shape[2:]
     if kh > h + 2 * ph or kw > w + 2 * pw:
-        raise ValueError(f"pooling: the window {(kh, kw)} is larger than the padded input {(h + 2 * ph, w + 2 * pw)} "
-                         f"(input {tuple(x.shape)}): use a smaller window")
+        raise ValueError(f"pooling: the window {(kh, kw)} is larger than the padded input "
+                         f"{(h + 2 * ph, w + 2 * pw)} (input {tuple(x.shape)}): use a smaller window")
     return (kh, kw), (sh, sw), (ph, pw), (_conv_size(h, kh, sh, ph), _conv_size(w, kw, sw, pw))
 
 def pool_columns(x, kernel_size, stride=None, padding=0, pad_value=0.0):
@@ -162,7 +166,7 @@ class ScatterPlanes(Function):
     def backward(self, ggx, gy): return GatherPlanes(self.index)(ggx)
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    "The largest value of each window, as `F.max_pool2d`: a gather at the winners' positions (stride defaults to the window)."
+    "The largest value of each window, as `F.max_pool2d`: a gather at the winners' positions."
     kernel, stride, padding, _ = _pool_geometry(_data(x), kernel_size, stride, padding)
     data = _data(x)
     if data.device.type == "cpu":  # torch's CPU max pooling is several times faster on channels-last memory
@@ -172,7 +176,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 
 # %% nbs/19_autograd_functions.ipynb cell 28
 def dropout(x, p=0.5, training=None):
-    "Inverted dropout: zero each value with probability `p`, scale the rest by 1/(1-p); the identity in eval mode."
+    "Inverted dropout: zero each value with probability `p`, scale the rest by 1/(1-p); eval: the identity."
     if not 0 <= p < 1: raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if not (Config.train if training is None else training) or p == 0: return x
     data = _data(x)
@@ -181,31 +185,32 @@ def dropout(x, p=0.5, training=None):
 
 # %% nbs/19_autograd_functions.ipynb cell 31
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=None, momentum=0.1, eps=1e-5):
-    "Normalise each channel (axis 1) by the batch's statistics (training) or the running ones (eval), as `F.batch_norm`."
+    "Normalise each channel (axis 1) by the batch's statistics (training) or the running ones (eval)."
     xd = _data(x)
     if xd.ndim < 2: raise ValueError(f"batch_norm needs an input (N, C, ...), got shape {tuple(xd.shape)}")
     channels, axes = xd.shape[1], (0,) + tuple(range(2, xd.ndim))
     shape = (1, channels) + (1,) * (xd.ndim - 2)
     for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
         if stat is not None and tuple(stat.shape) != (channels,):
-            raise ValueError(f"batch_norm: {name} has shape {tuple(stat.shape)} but the input {tuple(xd.shape)} "
-                             f"has {channels} channels")
+            raise ValueError(f"batch_norm: {name} has shape {tuple(stat.shape)} but the input "
+                             f"{tuple(xd.shape)} has {channels} channels")
     if Config.train if training is None else training:
         mu = mean(x, axes, keepdims=True)
         centred = x - mu
         var = mean(centred * centred, axes, keepdims=True)           # biased, as the normalisation uses
         if running_mean is not None and running_var is not None:
             count = xd.numel() // channels
-            with torch.no_grad():  # plain tensor updates: keeps torch's autograd out even for requires_grad inputs
+            unbiased = _data(var).reshape(-1) * (count / max(count - 1, 1))
+            with torch.no_grad():  # plain tensor updates: torch's autograd stays out even for tracked inputs
                 running_mean.mul_(1 - momentum).add_(_data(mu).reshape(-1), alpha=momentum)
-                running_var.mul_(1 - momentum).add_(_data(var).reshape(-1) * (count / max(count - 1, 1)), alpha=momentum)
+                running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
         y = centred * (var + eps) ** -0.5
     else:
         if running_mean is None or running_var is None:
+            def describe(stat): return "None" if stat is None else str(tuple(stat.shape))
             raise ValueError(f"batch_norm in eval mode needs running statistics, but running_mean is "
-                             f"{'None' if running_mean is None else tuple(running_mean.shape)} and running_var is "
-                             f"{'None' if running_var is None else tuple(running_var.shape)} (input {tuple(xd.shape)}): "
-                             f"train first, or pass training=True")
+                             f"{describe(running_mean)} and running_var is {describe(running_var)} "
+                             f"(input {tuple(xd.shape)}): train first, or pass training=True")
         y = (x - running_mean.reshape(shape)) * (running_var + eps).rsqrt().reshape(shape)
     if weight is not None: y = y * reshape(weight, shape)
     return y if bias is None else y + reshape(bias, shape)
@@ -217,7 +222,8 @@ class LeakyReLU(Function):
     def forward(self, x): return F.leaky_relu(x, self.negative_slope)
     def backward(self, gy, x):
         positive = (_data(x) > 0).to(_data(gy).dtype)
-        return gy * (positive * (1 - self.negative_slope) + self.negative_slope)  # a constant: leaky_relu'' = 0
+        slope = positive * (1 - self.negative_slope) + self.negative_slope
+        return gy * slope  # the slope is a constant: leaky_relu'' = 0
 
 def leaky_relu(x, negative_slope=0.01): return LeakyReLU(negative_slope)(x)
 
@@ -265,5 +271,5 @@ def binary_cross_entropy(p, t):
     return -mean(t * log(p) + (1 - t) * log(1 - p))
 
 def accuracy(logits, targets):
-    "The fraction of rows whose largest logit is the target class (a plain tensor: metrics are not differentiated)."
+    "The fraction of rows whose largest logit is the target class (a plain tensor: metrics get no gradient)."
     return (_data(logits).argmax(-1) == _data(targets)).float().mean()

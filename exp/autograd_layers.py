@@ -4,7 +4,8 @@ __all__ = ['Buffer', 'named_tensors', 'Layer', 'Sequential', 'Conv2d', 'ConvTran
 
 # %% nbs/19a_autograd_layers.ipynb cell 5
 import torch
-from .autograd import Variable, Parameter, Module, Sequential as _Sequential, linear, tanh, sigmoid, split, concat
+from .autograd import Variable, Parameter, Module, linear, tanh, sigmoid, split, concat
+from .autograd import Sequential as _Sequential
 from .autograd_functions import conv2d, conv_transpose2d, batch_norm, embedding, expand_dims
 from .data import write_atomically
 
@@ -14,11 +15,12 @@ class Buffer(Variable):
     def __init__(self, data, name=None): super().__init__(data, name, requires_grad=False)
 
 def named_tensors(module):
-    "`(name, Variable)` for every Parameter and Buffer of `module` and its sub-modules, each once, dotted names."
+    "`(dotted name, Variable)` for every Parameter and Buffer of `module` and its sub-modules, each once."
     seen = set()
     def walk(obj, prefix):
         for name, value in vars(obj).items():
-            items = [(f"{name}.{i}", v) for i, v in enumerate(value)] if isinstance(value, (list, tuple)) else [(name, value)]
+            listed = isinstance(value, (list, tuple))
+            items = [(f"{name}.{i}", v) for i, v in enumerate(value)] if listed else [(name, value)]
             for key, item in items:
                 if isinstance(item, (Parameter, Buffer)):
                     if id(item) not in seen:
@@ -54,7 +56,8 @@ class Conv2d(Layer):
         kh, kw = _pair(kernel_size)
         bound = 1 / (in_channels * kh * kw) ** 0.5
         self.stride, self.padding = stride, padding
-        self.weight = Parameter(_uniform((out_channels, in_channels, kh, kw), bound, dtype, device), name="weight")
+        shape = (out_channels, in_channels, kh, kw)
+        self.weight = Parameter(_uniform(shape, bound, dtype, device), name="weight")
         self.bias = Parameter(_uniform((out_channels,), bound, dtype, device), name="bias") if bias else None
     def forward(self, x): return conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
@@ -65,7 +68,8 @@ class ConvTranspose2d(Layer):
         kh, kw = _pair(kernel_size)
         bound = 1 / (out_channels * kh * kw) ** 0.5  # torch's fan_in for a transposed weight
         self.stride, self.padding = stride, padding
-        self.weight = Parameter(_uniform((in_channels, out_channels, kh, kw), bound, dtype, device), name="weight")
+        shape = (in_channels, out_channels, kh, kw)
+        self.weight = Parameter(_uniform(shape, bound, dtype, device), name="weight")
         self.bias = Parameter(_uniform((out_channels,), bound, dtype, device), name="bias") if bias else None
     def forward(self, x): return conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding)
 
@@ -78,9 +82,9 @@ class BatchNorm2d(Layer):
         self.running_mean = Buffer(torch.zeros(num_features, dtype=dtype, device=device), name="running_mean")
         self.running_var = Buffer(torch.ones(num_features, dtype=dtype, device=device), name="running_var")
     def forward(self, x):
-        shape = tuple(x.shape)
-        if len(shape) != 4 or shape[1] != len(self.weight.data):
-            raise ValueError(f"BatchNorm2d({len(self.weight.data)}) needs an input (N, {len(self.weight.data)}, H, W), "
+        shape, channels = tuple(x.shape), len(self.weight.data)
+        if len(shape) != 4 or shape[1] != channels:
+            raise ValueError(f"BatchNorm2d({channels}) needs an input (N, {channels}, H, W), "
                              f"got shape {shape}")
         return batch_norm(x, self.running_mean.data, self.running_var.data, self.weight, self.bias,
                           momentum=self.momentum, eps=self.eps)
@@ -88,12 +92,13 @@ class BatchNorm2d(Layer):
 class Embedding(Layer):
     "A table of `num_embeddings` vectors looked up by integer index, initialised N(0, 1) as `nn.Embedding`."
     def __init__(self, num_embeddings, embedding_dim, dtype=torch.float32, device=None):
-        self.weight = Parameter(torch.randn(num_embeddings, embedding_dim, dtype=dtype, device=device), name="weight")
+        weight = torch.randn(num_embeddings, embedding_dim, dtype=dtype, device=device)
+        self.weight = Parameter(weight, name="weight")
     def forward(self, indices): return embedding(indices, self.weight)
 
 # %% nbs/19a_autograd_layers.ipynb cell 13
 class RNN(Layer):
-    "A one-layer Elman RNN over batch-first (N, T, input_size), `h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh)`."
+    "A one-layer Elman RNN, batch-first (N, T, input_size): `h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh)`."
     num_gates = 1
     def __init__(self, input_size, hidden_size, bias=True, dtype=torch.float32, device=None):
         bound, rows = 1 / hidden_size ** 0.5, self.num_gates * hidden_size
@@ -107,13 +112,15 @@ class RNN(Layer):
         "The input projections of every time step, computed at once, as a list of (N, gates·hidden)."
         shape = tuple(x.shape)
         if len(shape) != 3 or shape[2] != self.weight_ih.shape[1]:
-            raise ValueError(f"{type(self).__name__} needs an input (N, T, {self.weight_ih.shape[1]}), got shape {shape}")
+            raise ValueError(f"{type(self).__name__} needs an input (N, T, {self.weight_ih.shape[1]}), "
+                             f"got shape {shape}")
         projected = linear(x, self.weight_ih, self.bias_ih)
         return [s.reshape(shape[0], -1) for s in split(projected, [1] * shape[1], 1)]
 
     def zeros(self, x):
         "A zero state (1, N, hidden) on the input's device."
-        return torch.zeros(1, x.shape[0], self.hidden_size, dtype=self.weight_ih.dtype, device=self.weight_ih.data.device)
+        weight = self.weight_ih.data
+        return torch.zeros(1, x.shape[0], self.hidden_size, dtype=weight.dtype, device=weight.device)
 
     def forward(self, x, h=None):
         "`(outputs (N, T, hidden), final state (1, N, hidden))`."
@@ -125,7 +132,7 @@ class RNN(Layer):
         return concat(outputs, 1), expand_dims(h, 0)
 
 class LSTM(RNN):
-    "A one-layer LSTM over batch-first (N, T, input_size), gates i, f, g, o packed as torch's; state `(h, c)`."
+    "A one-layer LSTM over batch-first (N, T, input_size), gates i, f, g, o packed as torch's; state (h, c)."
     num_gates = 4
     def forward(self, x, state=None):
         "`(outputs (N, T, hidden), (h, c))`, each state (1, N, hidden)."
@@ -149,11 +156,13 @@ def save_weights(module, path):
 def load_weights(module, path):
     "Read weights written by `save_weights` into `module`, in place (tensors only: no pickled code runs)."
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict): raise ValueError(f"{path} holds a {type(saved).__name__}, not a dict of weights")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} holds a {type(saved).__name__}, not a dict of weights")
     mine = dict(named_tensors(module))
     missing, unexpected = sorted(mine.keys() - saved.keys()), sorted(saved.keys() - mine.keys())
     if missing or unexpected:
-        raise ValueError(f"the weights in {path} do not fit this module: missing {missing}, unexpected {unexpected}")
+        raise ValueError(f"the weights in {path} do not fit this module: "
+                         f"missing {missing}, unexpected {unexpected}")
     wrong = [f"{name}: file {tuple(saved[name].shape)} vs module {tuple(v.shape)}"
              for name, v in mine.items() if tuple(saved[name].shape) != tuple(v.shape)]
     if wrong:
