@@ -8,10 +8,11 @@
 One line per notebook: its status, name and seconds; a run of several ends with a summary line
 (ok, failed and not-run counts, total seconds). A failing cell is named by notebook, cell number
 (counting every cell from 1, as they appear in JupyterLab), its first line and the exception; the
-exit status is 1 when anything failed. The kernel's own stderr comes through, less ipykernel's
-"Kernel is running over TCP without encryption" warning (on loopback, where nbclient puts the kernel,
-there is no one to eavesdrop; it printed once per notebook). Environment variables (e.g. `EXP_DATASET=mnist`) reach
-the kernel. `--save` writes the executed outputs back into each notebook that ran cleanly.
+exit status is 1 when anything failed. The kernel's own stderr comes through, less the one line of
+ipykernel's "Kernel is running over TCP without encryption" warning, which it printed at every start
+(the kernel listens on 127.0.0.1, reachable from this machine only). Environment variables (e.g.
+`EXP_DATASET=mnist`) reach the kernel. `--save` writes the executed outputs back into each notebook
+that ran cleanly.
 """
 import os, re, sys, threading, time
 from pathlib import Path
@@ -30,7 +31,8 @@ def find_notebooks(paths):
     "Notebook paths from files and folders (a folder gives its notebooks in name order)."
     found = []
     for path in map(Path, paths):
-        if path.is_dir(): found += sorted(p for p in path.glob("*.ipynb") if not p.name.startswith((".", "_")))
+        if path.is_dir():
+            found += sorted(p for p in path.glob("*.ipynb") if not p.name.startswith((".", "_")))
         elif path.suffix == ".ipynb" and path.exists(): found.append(path)
         else: raise FileNotFoundError(f"{path}: no such notebook or folder")
     return found
@@ -89,7 +91,8 @@ def execute(path, timeout, kernel_name):
         raise NotebookFailure(describe(path, nb, index, f"{ename}: {evalue}"), traceback) from None
     except CellTimeoutError:
         index = current["index"]
-        raise NotebookFailure(describe(path, nb, index, f"timed out after {timeout}s (raise --timeout)"), "") from None
+        reason = f"timed out after {timeout}s (raise --timeout)"
+        raise NotebookFailure(describe(path, nb, index, reason), "") from None
     except DeadKernelError as e:
         index = current["index"]
         raise NotebookFailure(describe(path, nb, index, f"the kernel died: {e}"), "") from None
@@ -140,10 +143,11 @@ def main(*paths, timeout=600, save=False, keep_going=False, kernel_name="python3
             nbformat.write(nb, path)
     if len(notebooks) > 1:
         not_run = len(notebooks) - succeeded - len(failures)
-        print(f"summary: {succeeded} ok, {len(failures)} failed, {not_run} not run, of {len(notebooks)} notebooks "
-              f"in {time.perf_counter() - started:.1f}s", flush=True)
+        print(f"summary: {succeeded} ok, {len(failures)} failed, {not_run} not run, "
+              f"of {len(notebooks)} notebooks in {time.perf_counter() - started:.1f}s", flush=True)
     if failures:
-        print(f"run_notebook: {len(failures)} notebook(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+        listed = "\n  ".join(failures)
+        print(f"run_notebook: {len(failures)} notebook(s) failed:\n  {listed}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -49,7 +49,8 @@ def test_keep_going_runs_later_notebooks_and_still_fails(notebooks):
     assert result.returncode == 1
     *statuses, summary = result.stdout.splitlines()
     assert [line.split()[0] for line in statuses] == ["ok", "failed", "ok"]
-    total = float(re.fullmatch(r"summary: 2 ok, 1 failed, 0 not run, of 3 notebooks in (\d+\.\d)s", summary).group(1))
+    match = re.fullmatch(r"summary: 2 ok, 1 failed, 0 not run, of 3 notebooks in (\d+\.\d)s", summary)
+    total = float(match[1])
     each = [float(line.split()[-1].rstrip("s")) for line in statuses]
     assert sum(each) - 0.2 <= total < sum(each) + 30  # the whole run, not one notebook
     assert (notebooks / "ran-03").exists()  # notebooks run in their own folder
@@ -85,7 +86,7 @@ def test_missing_path_and_no_arguments_exit_2(tmp_path):
 
 
 def test_the_tcp_warning_is_dropped_and_real_kernel_messages_are_shown(tmp_path):
-    "ipykernel warns at every start over TCP; that line goes, while what the kernel logs or writes to stderr stays."
+    "ipykernel warns at every start over TCP: that line goes; what else the kernel logs or writes stays."
     write_nb(tmp_path / "logs.ipynb", "kernel = get_ipython().kernel\n"
              "kernel.log.error('a real kernel error: the disk is full')\n"
              "kernel.log.warning('Kernel is running low on memory')\n"
@@ -93,7 +94,8 @@ def test_the_tcp_warning_is_dropped_and_real_kernel_messages_are_shown(tmp_path)
     result = run(tmp_path / "logs.ipynb", tmp_path / "logs.ipynb")
     assert result.returncode == 0, result.stderr
     assert "without encryption" not in result.stderr
-    assert result.stderr.count("[IPKernelApp] ERROR | a real kernel error: the disk is full") == 2  # once per run
+    error = "[IPKernelApp] ERROR | a real kernel error: the disk is full"
+    assert result.stderr.count(error) == 2  # one per run
     assert "[IPKernelApp] WARNING | Kernel is running low on memory" in result.stderr
     assert "written to the kernel fd 2" in result.stderr
     assert result.stdout.splitlines()[-1].startswith("summary: 2 ok, 0 failed, 0 not run, of 2 notebooks in ")
@@ -102,5 +104,6 @@ def test_the_tcp_warning_is_dropped_and_real_kernel_messages_are_shown(tmp_path)
 def test_a_kernel_that_dies_is_still_reported(tmp_path):
     write_nb(tmp_path / "dies.ipynb", "import os\nos._exit(3)")
     result = run(tmp_path / "dies.ipynb")
-    assert result.returncode == 1 and "dies.ipynb: cell 1 ('import os') failed: the kernel died" in result.stderr
+    assert result.returncode == 1
+    assert "dies.ipynb: cell 1 ('import os') failed: the kernel died" in result.stderr
     assert "without encryption" not in result.stderr

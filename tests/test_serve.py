@@ -1,4 +1,4 @@
-"The model server: answers equal exp.deploy's predict_files, bad input gets 4xx JSON, requests batch, SIGTERM is clean."
+"The model server: answers equal predict_files, bad input gets 4xx JSON, requests batch, SIGTERM is clean."
 import asyncio, signal, socket, subprocess, sys, threading, time, warnings
 from pathlib import Path
 
@@ -16,6 +16,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("onnxruntime")
+PNG, JSON = {"content-type": "image/png"}, {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +51,13 @@ class Server:
     def __init__(self, model, *options, log):
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = log
-        command = [sys.executable, "-m", "exp.deploy", "serve", str(model), "--port", self.url.rsplit(":", 1)[1], *options]
+        port = self.url.rsplit(":", 1)[1]
+        command = [sys.executable, "-m", "exp.deploy", "serve", str(model), "--port", port, *options]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            if self.process.poll() is not None: pytest.fail(f"the server exited {self.process.returncode}: {log.read_text()}")
+            if self.process.poll() is not None:
+                pytest.fail(f"the server exited {self.process.returncode}: {log.read_text()}")
             try:
                 if httpx.get(self.url + "/health", timeout=5).status_code == 200: return
             except httpx.TransportError: time.sleep(0.1)
@@ -79,7 +82,7 @@ def server(exported):
 
 
 def post_png(url, path):
-    return httpx.post(url + "/predict", content=Path(path).read_bytes(), headers={"content-type": "image/png"}, timeout=60)
+    return httpx.post(url + "/predict", content=Path(path).read_bytes(), headers=PNG, timeout=60)
 
 
 @pytest.mark.slow
@@ -105,29 +108,30 @@ def test_predictions_equal_predict_files(server, exported):
     pixels = read_image(images[0], model_info(8))
     for body in (pixels.tolist(), pixels.reshape(8, 8).tolist()):
         answer = httpx.post(server.url + "/predict", json=body).json()
-        assert answer["class"] == expected[0][1] and answer["probability"] == pytest.approx(expected[0][2], abs=1e-6)
+        assert answer["class"] == expected[0][1]
+        assert answer["probability"] == pytest.approx(expected[0][2], abs=1e-6)
     logits = predict(pixels[None])[0]
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     np.testing.assert_allclose(answer["probabilities"], probs, atol=1e-6)
 
 
 BAD_REQUESTS = [  # (what, request arguments, status, words the error must contain)
-    ("wrong content type", dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "'text/plain'"),
+    ("wrong content type", dict(content=b"hi", headers={"content-type": "text/plain"}), 415, "'text/plain'"),
     ("no content type", dict(content=b"[1]"), 415, "missing"),
-    ("malformed JSON", dict(content=b"[0.1, 0.2", headers={"content-type": "application/json"}), 400, "malformed JSON"),
+    ("malformed JSON", dict(content=b"[0.1, 0.2", headers=JSON), 400, "malformed JSON"),
     ("JSON of the wrong size", dict(json=[0.5] * 10), 422, "shape [10]"),
     ("JSON rows of the wrong size", dict(json=[[0.5] * 7] * 8), 422, "shape [8, 7]"),
     ("JSON that is not numbers", dict(json={"pixels": "x"}), 422, "not an array of numbers"),
     ("pixels outside [0, 1]", dict(json=[255] * 64), 422, "[255.0, 255.0]"),
-    ("NaN pixels", dict(content=b"[" + b"NaN," * 63 + b"0]", headers={"content-type": "application/json"}), 422, "nan"),
-    ("not an image", dict(content=b"\x89PNG no", headers={"content-type": "image/png"}), 422, "not an image"),
-    ("too large a body", dict(content=b"0" * 200_000, headers={"content-type": "application/json"}), 413, "limit is 100000"),
+    ("NaN pixels", dict(content=b"[" + b"NaN," * 63 + b"0]", headers=JSON), 422, "nan"),
+    ("not an image", dict(content=b"\x89PNG no", headers=PNG), 422, "not an image"),
+    ("too large a body", dict(content=b"0" * 200_000, headers=JSON), 413, "limit is 100000"),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("what, args, status, words", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
-def test_bad_input_gets_a_4xx_json_error_and_the_server_keeps_serving(server, exported, what, args, status, words):
+def test_bad_input_gets_a_4xx_json_error_and_the_server_goes_on(server, exported, what, args, status, words):
     response = httpx.post(server.url + "/predict", timeout=60, **args)
     assert response.status_code == status, response.text
     assert words in response.json()["error"], response.json()
@@ -138,7 +142,8 @@ def test_bad_input_gets_a_4xx_json_error_and_the_server_keeps_serving(server, ex
 def test_wrong_image_size_names_both_sizes(server, exported):
     big = save_image(np.zeros(16 * 16), exported[3] / "big.png")
     response = post_png(server.url, big)
-    assert response.status_code == 422 and "16×16" in response.json()["error"] and "8×8" in response.json()["error"]
+    assert response.status_code == 422
+    assert "16×16" in response.json()["error"] and "8×8" in response.json()["error"]
 
 
 @pytest.mark.slow
@@ -157,8 +162,7 @@ def test_concurrent_requests_are_batched(server, exported):
     async def send_together(n):
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             bodies = [images[i % len(images)].read_bytes() for i in range(n)]
-            return await asyncio.gather(*(client.post("/predict", content=b, headers={"content-type": "image/png"})
-                                          for b in bodies))
+            return await asyncio.gather(*(client.post("/predict", content=b, headers=PNG) for b in bodies))
     responses = asyncio.run(send_together(24))
     expected = [label for _, label, _ in predict_files(onnx_path, images)]
     assert [r.json()["class"] for r in responses] == [expected[i % len(images)] for i in range(24)]
@@ -185,7 +189,8 @@ def test_sigterm_answers_the_request_in_flight_and_exits_0(exported):
     assert slow.process.wait(timeout=60) == 0, (folder / "slow.log").read_text()
     thread.join(timeout=60)
     response = result["response"]
-    assert response.status_code == 200 and response.json()["class"] == predict_files(onnx_path, images[:1])[0][1]
+    assert response.status_code == 200
+    assert response.json()["class"] == predict_files(onnx_path, images[:1])[0][1]
     assert "Finished server process" in (folder / "slow.log").read_text()
 
 
@@ -200,8 +205,8 @@ def test_cli_errors_name_the_problem(tmp_path):
 
 @pytest.mark.slow
 def test_cli_rejects_an_empty_batch(exported):
-    result = subprocess.run([sys.executable, "-m", "exp.deploy", "serve", str(exported[0]), "--max-batch", "0"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "exp.deploy", "serve", str(exported[0]), "--max-batch", "0"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "max_batch=0" in result.stderr
 
 
@@ -269,7 +274,7 @@ def test_the_app_serves_torchscript_in_process(exported):
     expected = predict_files(ts, images[:3])
     with TestClient(create_app(predict, info, max_batch=4, max_wait_ms=1)) as client:
         for path, (_, label, prob) in zip(images, expected):
-            answer = client.post("/predict", content=path.read_bytes(), headers={"content-type": "image/png"}).json()
+            answer = client.post("/predict", content=path.read_bytes(), headers=PNG).json()
             assert answer["class"] == label and answer["probability"] == pytest.approx(prob, abs=1e-6)
         assert client.get("/stats").json()["answered"] == 3
         assert client.post("/predict", json=[0.5]).status_code == 422
