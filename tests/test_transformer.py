@@ -259,3 +259,13 @@ def test_a_short_training_run_reduces_the_loss():
     after = learn.validate()["loss"]
     assert abs(before - torch.log(torch.tensor(float(len(chars)))).item()) < 0.1
     assert after < before - 1.0, (before, after)
+
+
+def test_dropout_only_in_training():
+    model = small_gpt(dropout=0.2)
+    idx = torch.randint(VOCAB, (2, BLOCK))
+    model.train()
+    assert not torch.equal(model(idx), model(idx))
+    model.eval()
+    test_eq(model(idx), model(idx))
+    test_eq(generate(model, idx[:, :2], 6, top_k=1), generate(model, idx[:, :2], 6, top_k=1, use_cache=False))
