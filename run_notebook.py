@@ -11,16 +11,24 @@ One line per notebook: its status, name and seconds; a run of several ends with 
 exit status is 1 when anything failed. The kernel's own stderr comes through, less the one line of
 ipykernel's "Kernel is running over TCP without encryption" warning, which it printed at every start
 (the kernel listens on 127.0.0.1, reachable from this machine only). Environment variables (e.g.
-`EXP_DATASET=mnist`) reach the kernel. `--save` writes the executed outputs back into each notebook
-that ran cleanly.
+`EXP_DATASET=mnist`) reach the kernel.
+
+`--save` writes the executed outputs back into each notebook that ran cleanly, as the committed
+lessons carry them (`EXP_DATASET=digits python run_notebook.py nbs --save` regenerates them all). It
+stamps the notebook's metadata with a fingerprint of its code cells, so a test can tell when code
+changed after its outputs were saved, and drops what changes from run to run without meaning anything
+(execution timestamps, the kernel's version details).
 """
-import os, re, sys, threading, time
+import hashlib, json, os, re, sys, threading, time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # ipykernel's kernelapp.py logs this at every start over TCP; only this line is dropped, nothing else it logs
 TCP_WARNING = re.compile(r"^\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption\.")
+
+
+STAMP = "foundations"  # the notebook-metadata key where --save records what the outputs were computed from
 
 
 class NotebookFailure(Exception):
@@ -102,6 +110,22 @@ def execute(path, timeout, kernel_name):
     return nb
 
 
+def code_fingerprint(nb):
+    "The SHA-256 of a notebook's code cells, in order: what its saved outputs were computed from."
+    def text(cell): return cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+    sources = [text(cell) for cell in nb["cells"] if cell["cell_type"] == "code"]
+    return hashlib.sha256(json.dumps(sources).encode("utf-8")).hexdigest()
+
+
+def save_outputs(nb, path, language_info):
+    "Write the executed notebook back: stamped with its code's fingerprint, without volatile metadata."
+    import nbformat
+    for cell in nb.cells: cell.metadata.pop("execution", None)
+    nb.metadata["language_info"] = language_info  # the kernel adds its version and lexer details
+    nb.metadata[STAMP] = {"code_sha256": code_fingerprint(nb)}
+    nbformat.write(nb, path)
+
+
 def describe(path, nb, index, reason):
     if index is None: return f"{path}: {reason}"
     return f"{path}: cell {index + 1} ({first_line(nb.cells[index])!r}) failed: {reason}"
@@ -127,6 +151,7 @@ def main(*paths, timeout=600, save=False, keep_going=False, kernel_name="python3
     for path in notebooks:
         start = time.perf_counter()
         try:
+            language_info = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("language_info")
             nb = execute(path, timeout, kernel_name)
         except NotebookFailure as e:
             message, traceback = e.args
@@ -138,9 +163,7 @@ def main(*paths, timeout=600, save=False, keep_going=False, kernel_name="python3
             continue
         print(f"ok      {path.name:<40} {time.perf_counter() - start:6.1f}s", flush=True)
         succeeded += 1
-        if save:
-            import nbformat
-            nbformat.write(nb, path)
+        if save: save_outputs(nb, path, language_info or {"name": "python"})
     if len(notebooks) > 1:
         not_run = len(notebooks) - succeeded - len(failures)
         print(f"summary: {succeeded} ok, {len(failures)} failed, {not_run} not run, "

@@ -72,6 +72,26 @@ def test_save_writes_outputs_only_for_clean_runs(notebooks):
     assert all(not c.get("outputs") for c in bad.cells if c.cell_type == "code")
 
 
+def test_save_stamps_the_code_fingerprint_and_drops_volatile_metadata(notebooks):
+    sys.path.insert(0, str(ROOT))
+    from run_notebook import STAMP, code_fingerprint
+    path = notebooks / "01_good.ipynb"
+    before = nbformat.read(path, as_version=4)
+    assert STAMP not in before.metadata
+    assert run(path, "--save").returncode == 0
+    saved = nbformat.read(path, as_version=4)
+    assert saved.metadata[STAMP] == {"code_sha256": code_fingerprint(saved)}
+    assert saved.metadata.get("language_info") == {"name": "python"}  # not the kernel's version details
+    assert [c.execution_count for c in saved.cells if c.cell_type == "code"] == [1, 2]
+    assert not any("execution" in c.metadata for c in saved.cells)
+    # the fingerprint follows the code, not the outputs or the prose
+    saved.cells[0].source = "# other prose"
+    saved.cells[2].outputs = []
+    assert code_fingerprint(saved) == saved.metadata[STAMP]["code_sha256"]
+    saved.cells[2].source = "print(x + 1)"
+    assert code_fingerprint(saved) != saved.metadata[STAMP]["code_sha256"]
+
+
 def test_cell_timeout_is_named(tmp_path):
     write_nb(tmp_path / "slow.ipynb", "import time\ntime.sleep(30)")
     result = run(tmp_path / "slow.ipynb", "--timeout", "2")

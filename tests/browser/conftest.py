@@ -64,6 +64,17 @@ def copy_project(root):
         src = PROJECT_ROOT / name
         if src.is_dir(): shutil.copytree(src, root / name, ignore=ignore)
         elif src.exists(): shutil.copy2(src, root / name)
+    for notebook in (root / "nbs").glob("*.ipynb"):
+        clear_outputs(notebook)
+
+
+def clear_outputs(path):
+    "Drop the shipped outputs, so that what the page shows after Run All is what this run produced."
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_lab_settings(config_dir):
