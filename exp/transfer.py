@@ -19,7 +19,8 @@ def take_classes(x, y, classes):
     if not classes: raise ValueError("take_classes needs at least one class; got an empty list")
     present = set(y.unique().tolist())
     missing = [c for c in classes if c not in present]
-    if missing: raise ValueError(f"no items with label(s) {missing}; the labels present are {sorted(present)}")
+    if missing:
+        raise ValueError(f"no items with label(s) {missing}; the labels present are {sorted(present)}")
     new_labels = torch.full_like(y, -1)
     for i, c in enumerate(classes): new_labels[y == c] = i
     keep = new_labels >= 0
@@ -33,7 +34,8 @@ def few_per_class(y, n_per_class, seed=0):
     for label in y.unique().tolist():
         where = torch.nonzero(y == label).flatten()
         if len(where) < n_per_class:
-            raise ValueError(f"label {label} has only {len(where)} items, fewer than n_per_class={n_per_class}")
+            raise ValueError(f"label {label} has only {len(where)} items, "
+                             f"fewer than n_per_class={n_per_class}")
         chosen.append(where[torch.randperm(len(where), generator=generator)[:n_per_class].to(where.device)])
     chosen = torch.cat(chosen)
     rest = torch.ones(len(y), dtype=torch.bool, device=y.device)
@@ -45,8 +47,9 @@ POOL_TYPES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 def _check_sequential(model, who):
     if not isinstance(model, nn.Sequential):
-        raise TypeError(f"{who} needs an nn.Sequential whose top-level layers run in order (an XResNet is one), "
-                        f"got {type(model).__name__}; wrap its layers in nn.Sequential, or cut it by hand")
+        raise TypeError(f"{who} needs an nn.Sequential whose top-level layers run in order "
+                        f"(an XResNet is one), got {type(model).__name__}; "
+                        "wrap its layers in nn.Sequential, or cut it by hand")
 
 def head_start(model):
     "The index of the first top-level adaptive pooling layer: where a CNN's head starts."
@@ -69,12 +72,13 @@ def cut_model(model, cut=None):
     body = layers[:cut]
     if not body or len(body) == len(layers):
         raise ValueError(f"cut={cut} keeps {len(body)} of the model's {len(layers)} top-level layers; a body "
-                         f"needs at least one and leaves at least one: use 1..{len(layers) - 1} or -1..-{len(layers) - 1}")
+                         f"needs at least one and leaves at least one: "
+                         f"use 1..{len(layers) - 1} or -1..-{len(layers) - 1}")
     return nn.Sequential(*body)  # not model[:cut]: that calls type(model).__init__, which an XResNet refuses
 
 # %% nbs/15_transfer.ipynb cell 19
 def output_shape(module, xb):
-    "The shape of one item of `module(xb)`, computed in eval mode without gradients (every layer's mode is kept)."
+    "The shape of one item of `module(xb)`, in eval mode without gradients (every layer's mode is kept)."
     modes = [(m, m.training) for m in module.modules()]
     try:
         module.eval()
@@ -83,7 +87,7 @@ def output_shape(module, xb):
         for m, mode in modes: m.train(mode)
 
 def new_head(n_features, n_classes, pool=True, p_drop=0.0):
-    "A fresh classifier: average-pool to 1×1 (unless not `pool`), flatten, dropout, `Linear(n_features, n_classes)`."
+    "A fresh classifier: average-pool to 1×1 (if `pool`), flatten, dropout, `Linear(n_features, n_classes)`."
     for name, value in (("n_features", n_features), ("n_classes", n_classes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"new_head needs {name} to be an integer >= 1, got {value!r}")
@@ -91,20 +95,24 @@ def new_head(n_features, n_classes, pool=True, p_drop=0.0):
     return nn.Sequential(*pooling, nn.Flatten(), nn.Dropout(p_drop), nn.Linear(n_features, n_classes))
 
 def transfer_model(pretrained, n_classes, xb, cut=None, pool=True, p_drop=0.0):
-    "A copy of `pretrained`'s body (`cut_model`) under a `new_head` for `n_classes`: `model.body`, `model.head`."
+    "A copy of `pretrained`'s body (`cut_model`) under a `new_head` for `n_classes`: `.body`, `.head`."
     body = copy.deepcopy(cut_model(pretrained, cut))
     shape = output_shape(body, xb)
     if pool and len(shape) != 3:
-        raise ValueError(f"the body's output has shape {tuple(shape)} per item, not (channels, height, width), "
-                         "so it cannot be pooled: use pool=False")
+        raise ValueError(f"the body's output has shape {tuple(shape)} per item, not (channels, height, "
+                         "width), so it cannot be pooled: use pool=False")
     n_features = shape[0] if pool else shape.numel()
     head = new_head(int(n_features), n_classes, pool, p_drop).to(xb.device)
     return nn.Sequential(OrderedDict(body=body, head=head))
 
 # %% nbs/15_transfer.ipynb cell 22
+def _check_module(module, who):
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{who} needs an nn.Module, got {type(module).__name__}")
+
 def freeze(module, train_bn=True, norm_types=NORM_TYPES):
-    "Stop training `module`'s parameters (`requires_grad=False`); with `train_bn`, its norm layers keep training."
-    if not isinstance(module, nn.Module): raise TypeError(f"freeze needs an nn.Module, got {type(module).__name__}")
+    "Stop training `module`'s parameters (`requires_grad=False`); with `train_bn`, its norm layers train."
+    _check_module(module, "freeze")
     for layer in module.modules():
         trainable = train_bn and isinstance(layer, norm_types)
         for p in layer.parameters(recurse=False):
@@ -114,7 +122,7 @@ def freeze(module, train_bn=True, norm_types=NORM_TYPES):
 
 def unfreeze(module):
     "Train every parameter of `module` again."
-    if not isinstance(module, nn.Module): raise TypeError(f"unfreeze needs an nn.Module, got {type(module).__name__}")
+    _check_module(module, "unfreeze")
     for p in module.parameters(): p.requires_grad_(True)
     return module
 
@@ -126,7 +134,8 @@ def count_parameters(module, trainable=False):
 def discriminative_groups(parts, lrs):
     "One parameter group per part (e.g. `[model.body, model.head]`), each with its own learning rate."
     parts, lrs = list(parts), list(lrs)
-    if len(parts) != len(lrs): raise ValueError(f"{len(parts)} parts but {len(lrs)} learning rates: give one lr per part")
+    if len(parts) != len(lrs):
+        raise ValueError(f"{len(parts)} parts but {len(lrs)} learning rates: give one lr per part")
     if not all(isinstance(lr, (int, float)) and lr > 0 for lr in lrs):
         raise ValueError(f"learning rates must be numbers > 0, got {lrs}")
     groups, seen = [], set()
@@ -134,20 +143,22 @@ def discriminative_groups(parts, lrs):
         params = list(part.parameters() if isinstance(part, nn.Module) else part)
         if not params: raise ValueError(f"part {i} has no parameters")
         if any(id(p) in seen for p in params):
-            raise ValueError(f"part {i} shares parameters with an earlier part; a parameter can have only one lr")
+            raise ValueError(f"part {i} shares parameters with an earlier part; "
+                             "a parameter can have only one lr")
         seen.update(id(p) for p in params)
         groups.append({"params": params, "lr": float(lr)})
     return groups
 
 def with_discriminative_lrs(opt_func, parts, lrs):
-    "An `opt_func` for the Learner: `opt_func` on `discriminative_groups(parts, lrs)`, which must cover the model."
+    "An `opt_func` for the Learner: `opt_func` on `discriminative_groups(parts, lrs)`, covering the model."
     def make(params, **hypers):
         groups = discriminative_groups(parts, lrs)
         grouped = {id(p) for g in groups for p in g["params"]}
         left_out = [p for p in params if id(p) not in grouped]
         if left_out:
-            raise ValueError(f"{len(left_out)} of the model's parameter tensors are in none of the {len(groups)} "
-                             "parts, so they would never train: add the layers they belong to to a part")
+            raise ValueError(f"{len(left_out)} of the model's parameter tensors are in none of the "
+                             f"{len(groups)} parts, so they would never train: "
+                             "add the layers they belong to to a part")
         hypers.pop("lr", None)  # every group has its own
         return opt_func(groups, **hypers)
     return make
@@ -160,20 +171,23 @@ def discriminative_one_cycle(lrs, **kwargs):
 # %% nbs/15_transfer.ipynb cell 32
 def fine_tune(model, dls, epochs, lr, freeze_epochs=1, head_lr=None, body_div=3.0, train_bn=True,
               opt_func=AdamW, cbs=None, **learner_kwargs):
-    """Train a `transfer_model`'s head alone (body frozen) for `freeze_epochs` at `head_lr`, then all of it for
-    `epochs`, the body at `lr / body_div`; one-cycle schedules. Returns the two Learners (None for no head phase)."""
+    """Train a `transfer_model`'s head alone (body frozen) for `freeze_epochs` at `head_lr`, then all of it
+    for `epochs`, the body at `lr / body_div`; one-cycle schedules. Returns the two Learners (the first is
+    None without a head phase)."""
     for part in ("body", "head"):
         if not isinstance(getattr(model, part, None), nn.Module):
-            raise ValueError(f"fine_tune needs a model with .body and .head, as transfer_model builds; "
+            raise TypeError(f"fine_tune needs a model with .body and .head, as transfer_model builds; "
                              f"this {type(model).__name__} has no .{part}")
     cbs, head_lr, head_learn = list(cbs or []), lr if head_lr is None else head_lr, None
     if freeze_epochs:
         freeze(model.body, train_bn)
         try:
-            head_learn = Learner(model, dls, lr=head_lr, opt_func=opt_func, cbs=[ParamScheduler(one_cycle(head_lr)), *cbs],
-                                 **learner_kwargs).fit(freeze_epochs)
+            head_learn = Learner(model, dls, lr=head_lr, opt_func=opt_func,
+                                 cbs=[ParamScheduler(one_cycle(head_lr)), *cbs], **learner_kwargs)
+            head_learn.fit(freeze_epochs)
         finally: unfreeze(model.body)
     lrs = [lr / body_div, lr]
-    learn = Learner(model, dls, lr=lr, opt_func=with_discriminative_lrs(opt_func, [model.body, model.head], lrs),
+    opt_func = with_discriminative_lrs(opt_func, [model.body, model.head], lrs)
+    learn = Learner(model, dls, lr=lr, opt_func=opt_func,
                     cbs=[ParamScheduler(discriminative_one_cycle(lrs)), *cbs], **learner_kwargs)
     return head_learn, learn.fit(epochs)
