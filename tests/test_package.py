@@ -103,3 +103,14 @@ def test_the_python_version_claimed_is_the_one_tested():
     assert 'python_requires=">=" + cfg["min_python"]' in (ROOT / "setup.py").read_text(encoding="utf-8")
     claims = re.findall(r"Python ≥ (\d+\.\d+)", (ROOT / "README.md").read_text(encoding="utf-8"))
     assert claims and set(claims) == {minimum}, f"README claims Python ≥ {claims}, settings.ini says {minimum}"
+
+
+def test_the_readme_tour_names_every_lesson_once():
+    "The README's tour is the syllabus of record: every notebook in nbs/ is in it, and nothing else."
+    import re
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = re.search(r"^## A tour\n\s*((?:\|.*\|\n)+)", readme, flags=re.M).group(1)
+    named = re.findall(r"`(\d\d[a-z]?_\w+)`", "\n".join(row.split("|")[1] for row in table.splitlines()[2:]))
+    lessons = sorted(p.stem for p in (ROOT / "nbs").glob("[0-9]*.ipynb"))
+    assert sorted(named) == lessons, f"missing from the tour: {sorted(set(lessons) - set(named))}; " \
+                                     f"not lessons: {sorted(set(named) - set(lessons))}"
