@@ -177,7 +177,7 @@ def fine_tune(model, dls, epochs, lr, freeze_epochs=1, head_lr=None, body_div=3.
     for part in ("body", "head"):
         if not isinstance(getattr(model, part, None), nn.Module):
             raise TypeError(f"fine_tune needs a model with .body and .head, as transfer_model builds; "
-                             f"this {type(model).__name__} has no .{part}")
+                            f"this {type(model).__name__} has no .{part}")
     cbs, head_lr, head_learn = list(cbs or []), lr if head_lr is None else head_lr, None
     if freeze_epochs:
         freeze(model.body, train_bn)
