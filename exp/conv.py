@@ -3,12 +3,12 @@
 __all__ = ['conv_output_size', 'conv2d_loop', 'im2col', 'conv2d_unfold', 'Lambda', 'to_images', 'flatten', 'GeneralRelu', 'conv_layer', 'get_cnn_model', 'init_cnn', 'default_device', 'to_device', 'DeviceCallback']
 
 # %% nbs/06_cuda_cnn_hooks_init.ipynb cell 3
-import math, os
+import math
 from functools import partial
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .learner import Callback
+from .learner import Callback, default_device, to_device
 
 # %% nbs/06_cuda_cnn_hooks_init.ipynb cell 6
 def conv_output_size(size, kernel_size, stride=1, padding=0):
@@ -107,19 +107,8 @@ def init_cnn(model, leak=0.):
     return model
 
 # %% nbs/06_cuda_cnn_hooks_init.ipynb cell 29
-def default_device():
-    "The device to train on: `$EXP_DEVICE` if set, else CUDA when available, else the CPU."
-    name = os.environ.get("EXP_DEVICE")
-    if name: return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-def to_device(x, device=None):
-    "`x` (a tensor, or a tuple/list/dict of them) on `device` (default: `default_device()`)."
-    device = device or default_device()
-    if isinstance(x, torch.Tensor): return x.to(device)
-    if isinstance(x, dict): return {k: to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(to_device(v, device) for v in x)
-    return x
+# defined in lesson 04 (the Learner moves the model and its batches with them), re-exported here
+_all_ = ["default_device", "to_device"]
 
 # %% nbs/06_cuda_cnn_hooks_init.ipynb cell 32
 class DeviceCallback(Callback):
@@ -127,5 +116,7 @@ class DeviceCallback(Callback):
     order = -10  # before any callback that looks at the batch
 
     def __init__(self, device=None): self.device = torch.device(device) if device else default_device()
-    def before_fit(self): self.learn.model.to(self.device)
+    def before_fit(self):
+        self.learn.device = self.device  # the Learner moves every batch there from now on
+        self.learn.model.to(self.device)
     def before_batch(self): self.learn.batch = to_device(self.learn.batch, self.device)

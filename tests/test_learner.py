@@ -423,3 +423,98 @@ def test_get_preds_and_validate_equal_direct_computation(digits):
     unlabeled = DataLoader(torch.utils.data.TensorDataset(x_valid[:10]), 4)
     preds, targets = learn.get_preds(unlabeled)
     assert preds.shape == (10, 10) and targets is None
+
+
+# --- devices, and no host-device synchronisation per batch -----------------------------------------
+
+SYNCING = ["item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"]
+
+
+class SyncCounter:
+    "Counts the tensor methods that need a value on the host (a host-device sync on a GPU) while active."
+    def __init__(self, monkeypatch): self.monkeypatch, self.count, self.names = monkeypatch, 0, []
+
+    def __enter__(self):
+        for name in SYNCING:
+            original = getattr(torch.Tensor, name)
+            def counted(tensor, *args, _original=original, _name=name, **kwargs):
+                self.count += 1; self.names.append(_name)
+                return _original(tensor, *args, **kwargs)
+            self.monkeypatch.setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc): self.monkeypatch.undo()
+
+
+def syncs_of_a_fit(monkeypatch, digits, n_train, n_epochs=1, **kwargs):
+    x_train, y_train, x_valid, y_valid = digits
+    dls = DataLoaders.from_tensors(x_train[:n_train], y_train[:n_train], x_valid[:40], y_valid[:40], batch_size=20, seed=0)
+    learn = Learner(mlp(), dls, lr=0.1, metrics=accuracy, **kwargs)  # the default logger prints: part of a fit
+    learn.fit(0)  # the first fit builds the optimizer: count only the training
+    with SyncCounter(monkeypatch) as counter: learn.fit(n_epochs)
+    return counter
+
+
+def test_default_fit_makes_no_sync_per_batch(monkeypatch, digits, capsys):
+    small = syncs_of_a_fit(monkeypatch, digits, 200)           # 10 training batches an epoch
+    large = syncs_of_a_fit(monkeypatch, digits, 800)           # 40
+    assert large.count == small.count, (small.names, large.names)
+    assert 0 < small.count <= 12, small.names                  # a few per epoch: the metrics and the loss check
+    two_epochs = syncs_of_a_fit(monkeypatch, digits, 800, n_epochs=2)
+    assert two_epochs.count == 2 * large.count
+
+
+def test_loss_check_reads_once_every_check_every_batches(monkeypatch, digits, capsys):
+    class Every5(Learner): check_every = 5
+    x_train, y_train, x_valid, y_valid = digits
+    counts = []
+    for n_train in (200, 800):
+        learn = Every5(mlp(), DataLoaders.from_tensors(x_train[:n_train], y_train[:n_train], x_valid[:40], y_valid[:40],
+                                                       batch_size=20), logger=None)
+        learn.fit(0)
+        with SyncCounter(monkeypatch) as counter: learn.fit(1)
+        counts.append(counter.names.count("__bool__"))
+    assert counts[1] - counts[0] == (40 - 10) // 5  # one read per 5 batches, one sync per read
+
+
+def test_nan_found_in_bulk_still_names_the_first_bad_batch(digits):
+    x_train, y_train, x_valid, y_valid = digits
+    bad = x_train[:400].clone()
+    bad[5 * 20 + 3, 7] = float("nan")  # epoch 0 (no shuffle), training batch 5 of 20; NaN weights after it
+    seen = []
+    class Count(Callback):
+        def after_batch(self): seen.append((self.learn.epoch, self.learn.iter))
+    dls = DataLoaders(DataLoader(Dataset(bad, y_train[:400]), 20), DataLoader(Dataset(x_valid, y_valid), 100))
+    class Learner7(Learner): check_every = 7
+    learn = Learner7(mlp(), dls, lr=0.05, cbs=Count(), logger=None)
+    with pytest.raises(NonFiniteLossError, match=r"^Epoch 0, training batch 5: the loss is nan; .* was 0\.05\. "
+                                                 r"The batch's inputs contain NaN"):
+        learn.fit(2)
+    assert seen[-1] == (0, 5)  # read at batch 6's loss (the 7th record), before its step: batch 5 finished last
+    learn = Learner(mlp(), DataLoaders.from_tensors(x_train[:100], y_train[:100], x_valid, y_valid), lr=1e10, logger=None)
+    with pytest.raises(NonFiniteLossError, match="Try a lower learning rate"): learn.fit(3)
+
+
+def test_learner_device_default_and_explicit(monkeypatch, digits):
+    monkeypatch.delenv("EXP_DEVICE", raising=False)
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert default_device().type == expected and Learner(mlp(), tiny_dls(digits)).device.type == expected
+    assert Learner(mlp(), tiny_dls(digits), device="cpu").device == torch.device("cpu")
+    monkeypatch.setenv("EXP_DEVICE", "meta")
+    assert Learner(mlp(), tiny_dls(digits)).device == torch.device("meta")
+    x = torch.ones(3)
+    moved = to_device((x, [x], {"y": x}), torch.device("cpu"), non_blocking=True)
+    assert moved[0] is x and moved[1][0] is x and moved[2]["y"] is x  # already there: not copied
+
+
+def test_fit_moves_model_and_batches_to_the_learners_device(digits):
+    "On `meta` (no values, but device checks as strict as CUDA's) a whole default fit runs: nothing on the wrong device."
+    seen = []
+    class Where(Callback):
+        def before_batch(self): seen.append((self.learn.xb.device.type, self.learn.yb.device.type))
+    model = mlp()
+    learn = Learner(model, tiny_dls(digits), device="meta", metrics=accuracy, cbs=Where(), logger=None).fit(1)
+    assert next(model.parameters()).is_meta and set(seen) == {("meta", "meta")} and len(seen) == 3
+    assert learn.opt.param_groups[0]["params"][0].is_meta
+    preds, targets = learn.get_preds()
+    assert preds.is_meta and targets.is_meta and preds.shape == (50, 10)
