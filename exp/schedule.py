@@ -102,15 +102,24 @@ class Recorder(Callback):
         group = self.learn.opt.param_groups[0]
         names = self.names or ["lr"] + [n for n in ("mom",) if _has(group, n)]
         self.hypers = {name: [] for name in names}
-        self.losses, self.epoch_ends = [], []
+        self.losses, self.epoch_ends, self.pending = [], [], []
 
     def after_batch(self):
         if not self.learn.training: return
-        self.losses.append(self.learn.loss.item())
+        self.pending.append(self.learn.loss.detach())  # read once per epoch: no host-device sync per batch
         for name, values in self.hypers.items():
             values.append([get_hyper(g, name) for g in self.learn.opt.param_groups])
 
-    def after_train(self): self.epoch_ends.append(len(self.losses))
+    def _read_losses(self):
+        "Move the epoch's losses from the device into `losses`, in one read."
+        if self.pending and not self.pending[0].is_meta: self.losses += torch.stack(self.pending).float().tolist()
+        self.pending = []
+
+    def after_train(self):
+        self._read_losses()
+        self.epoch_ends.append(len(self.losses))
+
+    def cleanup_fit(self): self._read_losses()  # a fit that stopped mid-epoch keeps its losses too
 
     @property
     def lrs(self): return [v[0] for v in self.hypers["lr"]]

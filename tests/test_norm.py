@@ -1,4 +1,5 @@
 "Normalisation layers from scratch, checked against PyTorch's; RunningBatchNorm at batch size 2."
+import math
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,3 +97,20 @@ def test_running_batchnorm_trains_at_batch_size_2_where_batchnorm_fails(one_thre
     plain, running = train_at_batch_size_2(BatchNorm), train_at_batch_size_2(RunningBatchNorm)
     assert running > 0.7, running
     assert running > plain + 0.15, (plain, running)
+
+def test_running_batchnorm_floors_the_variance_without_a_sync(monkeypatch):
+    "The floor of 0.01 holds for the first 20 images, then goes; decided on the device (no `bool()` of a buffer)."
+    calls = []
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _o=original, _n=name, **k: (calls.append(_n), _o(t, *a, **k))[1])
+    rbn = RunningBatchNorm(1, momentum=1.0)  # momentum 1: the running statistics are this batch's own
+    x = torch.tensor([1.0, 1.02, 0.98, 1.0]).view(4, 1, 1, 1)  # variance 2e-4, far below the floor
+    early = rbn(x)                                              # seen: 0 < 20, floored
+    for _ in range(5): rbn(x)                                   # seen: 24
+    late = rbn(x)
+    monkeypatch.undo()
+    assert calls == []
+    centred = x - x.mean()
+    test_near(early, centred / math.sqrt(0.01 + 1e-5), atol=1e-5)
+    test_near(late, centred / (centred.pow(2).mean() + 1e-5).sqrt(), atol=1e-4)
