@@ -117,10 +117,25 @@ def code_fingerprint(nb):
     return hashlib.sha256(json.dumps(sources).encode("utf-8")).hexdigest()
 
 
+def coalesce_streams(cell):
+    "Join consecutive stdout (or stderr) outputs into one, as JupyterLab shows them: one block per run of prints."
+    merged = []
+    for output in cell.get("outputs", []):
+        previous = merged[-1] if merged else None
+        if (output["output_type"] == "stream" and previous is not None and previous["output_type"] == "stream"
+                and previous["name"] == output["name"]):
+            previous["text"] = "".join(previous["text"]) + "".join(output["text"])
+        else:
+            merged.append(output)
+    cell["outputs"] = merged
+
+
 def save_outputs(nb, path, language_info):
     "Write the executed notebook back: stamped with its code's fingerprint, without volatile metadata."
     import nbformat
-    for cell in nb.cells: cell.metadata.pop("execution", None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code": coalesce_streams(cell)
     nb.metadata["language_info"] = language_info  # the kernel adds its version and lexer details
     nb.metadata[STAMP] = {"code_sha256": code_fingerprint(nb)}
     nbformat.write(nb, path)

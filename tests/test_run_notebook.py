@@ -127,3 +127,13 @@ def test_a_kernel_that_dies_is_still_reported(tmp_path):
     assert result.returncode == 1
     assert "dies.ipynb: cell 1 ('import os') failed: the kernel died" in result.stderr
     assert "without encryption" not in result.stderr
+
+
+def test_save_joins_a_run_of_prints_into_one_output(tmp_path):
+    path = tmp_path / "prints.ipynb"
+    write_nb(path, "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.05)\n"
+                   "display('a table')\nprint('after')")
+    assert run(path, "--save").returncode == 0
+    outputs = nbformat.read(path, as_version=4).cells[0].outputs
+    assert [o["output_type"] for o in outputs] == ["stream", "display_data", "stream"]
+    assert (outputs[0]["text"], outputs[2]["text"]) == ("0\n1\n2\n", "after\n")
