@@ -193,7 +193,9 @@ def dezero_cases():
             model.cleargrads(); loss.backward(); opt.update()
             return float(loss.data)
         step()
-        step.dtype = "/".join(sorted({str(p.data.dtype) for p in model.params()}))
+        params = list(model.params())
+        step.dtype = (f"weights {'/'.join(sorted({str(p.data.dtype) for p in params}))}, "
+                      f"gradients {'/'.join(sorted({str(p.grad.data.dtype) for p in params}))}")
         return step
     return {"chain": chain, "grad2": grad2, "mlp": mlp_case(None), "mlp-f32": mlp_case(np.float32),
             "mlp64": mlp_case(np.float64), "cnn": cnn_case()}
@@ -277,7 +279,7 @@ def main(rounds, inner, threads, only=None):
           f"dezero {workers['dezero'].info['threads']}.\n")
     dtypes = workers["dezero"].info["dtypes"]
     print(f"DeZero's MLP dtypes after a step: as installed, {dtypes['mlp']}; with float32 weights and data, "
-          f"{dtypes['mlp-f32']}; float64, {dtypes['mlp64']}. DeZero's CNN weights: {dtypes['cnn']}.")
+          f"{dtypes['mlp-f32']}; float64, {dtypes['mlp64']}. DeZero's CNN after a step: {dtypes['cnn']}.")
     print(f"{rounds} interleaved rounds, each timing the median of {inner} runs; medians over rounds of wall-clock "
           f"and of process CPU time; ratios are medians of per-round ratios (ours / this: < 1 means ours is faster).\n")
     for workload, contenders in workloads.items():

@@ -2,17 +2,18 @@
 """A CNN trained on MNIST by our own engine (exp.autograd*, no torch.autograd), next to the same CNN,
 initialisation and schedule on torch.autograd, with wall-clock time and test accuracy after every epoch.
 
-    EXP_DATA_HOME=DIR python benchmarks/autograd_mnist.py [--epochs 2] [--batch-size 128] [--threads 2]
+    EXP_DATA_HOME=DIR python benchmarks/autograd_mnist.py [--epochs 4] [--batch-size 128] [--threads 2]
         [--limit N] [--peer torch|none] [--out benchmarks/results/autograd_mnist.md]
 
 MNIST is read with exp.data.load_mnist() (from $EXP_DATA_HOME/mnist/, else downloaded). The model:
 conv 1->32 3x3 pad 1, batch norm, ReLU, 2x2 max pool, conv 32->64 3x3 pad 1, batch norm, ReLU, 2x2 max pool,
-dropout 0.25, linear 3136->10; Adam (lr 2e-3, then x0.2 for the last epoch), weight decay 1e-4 as a hook.
+dropout 0.25, linear 3136->10; Adam (lr 2e-3 annealed to 0 along a cosine, step by step), weight decay
+1e-4 as a hook.
 The two engines alternate epoch by epoch (ours, torch, ours, torch, ...) in one process, so a change in
 the machine's load hits both; each epoch's time and the ratio of the two are reported, with the test
 accuracy after each epoch. Appends a markdown section to --out.
 """
-import argparse, os, platform, statistics, sys, time
+import argparse, math, os, platform, statistics, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +57,10 @@ class OursRun:
         self.model = model
         self.opt = Adam(model.parameters(), lr=LR, hooks=[WeightDecay(WEIGHT_DECAY)])
     def set_lr(self, lr): self.opt.lr = lr
-    def epoch(self, x, y, order, batch_size):
-        for i in range(0, len(order), batch_size):
+    def epoch(self, x, y, order, batch_size, lrs):
+        for i, lr in zip(range(0, len(order), batch_size), lrs):
             batch = order[i:i + batch_size]
+            self.set_lr(lr)
             loss = softmax_cross_entropy(self.model(x[batch]), y[batch])
             self.opt.zero_grad(); loss.backward(); self.opt.step()
     def test_accuracy(self, x, y, batch_size=1000):
@@ -76,10 +78,11 @@ class TorchRun(OursRun):
         self.opt = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     def set_lr(self, lr):
         for group in self.opt.param_groups: group["lr"] = lr
-    def epoch(self, x, y, order, batch_size):
+    def epoch(self, x, y, order, batch_size, lrs):
         self.model.train()
-        for i in range(0, len(order), batch_size):
+        for i, lr in zip(range(0, len(order), batch_size), lrs):
             batch = order[i:i + batch_size]
+            self.set_lr(lr)
             loss = F.cross_entropy(self.model(x[batch]), y[batch])
             self.opt.zero_grad(); loss.backward(); self.opt.step()
     def test_accuracy(self, x, y, batch_size=1000):
@@ -101,14 +104,14 @@ def main(epochs, batch_size, threads, limit, peer, out):
     runs = [OursRun(ours)] + ([TorchRun(torch_model_like(ours))] if peer == "torch" else [])
     load_before = os.getloadavg()
     rows = {run.name: [] for run in runs}
+    steps = math.ceil(len(y_train) / batch_size)
     for epoch in range(epochs):
-        lr = LR * (0.2 if epoch == epochs - 1 and epochs > 1 else 1)
+        lrs = [LR * 0.5 * (1 + math.cos(math.pi * (epoch * steps + i) / (epochs * steps))) for i in range(steps)]
         order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(epoch))
         for run in (runs if epoch % 2 == 0 else runs[::-1]):  # alternate who goes first
-            run.set_lr(lr)
             torch.manual_seed(100 + epoch)  # the same dropout stream for both
             start = time.perf_counter()
-            run.epoch(x_train, y_train, order, batch_size)
+            run.epoch(x_train, y_train, order, batch_size, lrs)
             seconds = time.perf_counter() - start
             rows[run.name].append((seconds, run.test_accuracy(x_test, y_test)))
             print(f"epoch {epoch + 1} {run.name}: {seconds:.1f}s, test accuracy {rows[run.name][-1][1]:.4f}", flush=True)
@@ -143,7 +146,7 @@ def report(rows, epochs, batch_size, threads, limit, n_train, load_before, load_
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=0, help="train on the first N images only (0: all 60,000)")
