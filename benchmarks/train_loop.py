@@ -3,6 +3,7 @@
 
     python benchmarks/train_loop.py                      # MNIST from ../shared/data when present
     python benchmarks/train_loop.py --dataset digits --runs 7
+    python benchmarks/train_loop.py --device cuda        # the same on a GPU (data on the CPU, moved per batch)
 
 Contenders (same model and initial weights, data order, optimizer, batch size and loss):
   raw          a hand-written PyTorch loop over shuffled in-memory tensors
@@ -12,7 +13,9 @@ Contenders (same model and initial weights, data order, optimizer, batch size an
   lightning    PyTorch Lightning's Trainer (progress bar, logger, checkpointing, summary off)
 An "epoch" is one pass over the training set plus one over the validation set. The contenders run
 interleaved, in a rotating order, after one untimed warm-up round; we quote medians and the median
-of the per-round ratios to `raw`. Then our DataLoader against torch's on the same tensors.
+of the per-round ratios to `raw`. Then the Learner's own cost per batch, on a linear model (almost no
+compute): fed by our DataLoader, and fed the raw loop's own batches (the Learner alone); then our
+DataLoader against torch's on the same tensors.
 """
 import argparse, io, os, platform, statistics, sys, time, contextlib, warnings
 from functools import partial
@@ -45,8 +48,18 @@ def make_cnn(seed):
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
 
 
+DEVICE = torch.device("cpu")  # set from --device in main()
+
+
+def to(x):
+    "A batch on DEVICE, as the Learner moves it (pinned and non-blocking from the CPU to a GPU)."
+    if DEVICE.type == "cpu": return x
+    return x.pin_memory().to(DEVICE, non_blocking=True) if DEVICE.type == "cuda" else x.to(DEVICE)
+
+
 def now():
     "Wall-clock and this process's CPU time: on a loaded shared machine the CPU time is the steadier measure."
+    if DEVICE.type == "cuda": torch.cuda.synchronize()
     return time.perf_counter(), time.process_time()
 
 def since(start):
@@ -68,7 +81,7 @@ def make_opt(params, lr):
 def accuracy_of(model, x, y, bs=1000):
     "Validation accuracy, computed the same way for every contender (not timed)."
     model.eval()
-    return sum((model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum().item() for i in range(0, len(x), bs)) / len(x)
+    return sum((model(to(x[i:i + bs])).argmax(1) == to(y[i:i + bs])).sum().item() for i in range(0, len(x), bs)) / len(x)
 
 
 # --- (a) and (b): hand-written loops --------------------------------------------------------------
@@ -78,6 +91,7 @@ def raw_validate(model, batches):
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     for xb, yb in batches:
+        xb, yb = to(xb), to(yb)
         preds = model(xb)
         total_loss += F.cross_entropy(preds, yb, reduction="sum").item()
         correct += (preds.argmax(1) == yb).sum().item(); count += len(yb)
@@ -86,13 +100,13 @@ def raw_validate(model, batches):
 
 def run_raw(data, args):
     x_train, y_train, x_valid, y_valid = data
-    model = args.make_model(args.seed); opt = make_opt(model.parameters(), args.lr)
+    model = args.make_model(args.seed).to(DEVICE); opt = make_opt(model.parameters(), args.lr)
     start = now()
     model.train()
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))
     for i in range(0, len(x_train), args.bs):
         idx = order[i:i + args.bs]
-        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+        loss = F.cross_entropy(model(to(x_train[idx])), to(y_train[idx]))
         loss.backward(); opt.step(); opt.zero_grad()
     vbs = 2 * args.bs  # validation batches twice as large, as in DataLoaders.from_tensors
     raw_validate(model, ((x_valid[i:i + vbs], y_valid[i:i + vbs]) for i in range(0, len(x_valid), vbs)))
@@ -110,12 +124,12 @@ def torch_loaders(data, args):
 
 
 def run_raw_torch_dl(data, args):
-    model = args.make_model(args.seed); opt = make_opt(model.parameters(), args.lr)
+    model = args.make_model(args.seed).to(DEVICE); opt = make_opt(model.parameters(), args.lr)
     start = now()
     train, valid = torch_loaders(data, args)
     model.train()
     for xb, yb in train:
-        loss = F.cross_entropy(model(xb), yb)
+        loss = F.cross_entropy(model(to(xb)), to(yb))
         loss.backward(); opt.step(); opt.zero_grad()
     raw_validate(model, valid)
     return since(start), model
@@ -123,18 +137,32 @@ def run_raw_torch_dl(data, args):
 
 # --- (c) and (d): our Learner -----------------------------------------------------------------------
 
-def run_learner(data, args, progress=False):
+class RawBatches:
+    "The raw loop's batches (one shuffled permutation, a whole batch indexed at once), as a loader with a length."
+    def __init__(self, x, y, bs, seed=None): self.x, self.y, self.bs, self.seed = x, y, bs, seed
+    def __len__(self): return -(-len(self.x) // self.bs)
+    def __iter__(self):
+        order = None if self.seed is None else torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.seed))
+        for i in range(0, len(self.x), self.bs):
+            idx = slice(i, i + self.bs) if order is None else order[i:i + self.bs]
+            yield self.x[idx], self.y[idx]
+
+
+def run_learner(data, args, progress=False, raw_batches=False):
     from exp.learner import Learner, DataLoaders
     from exp.training import accuracy
     model = args.make_model(args.seed)
     start = now()
-    dls = DataLoaders.from_tensors(*data, batch_size=args.bs, seed=args.seed)
+    if raw_batches:  # the Learner alone: fed exactly what the raw loop computes on
+        x_train, y_train, x_valid, y_valid = data
+        dls = DataLoaders(RawBatches(x_train, y_train, args.bs, args.seed), RawBatches(x_valid, y_valid, 2 * args.bs))
+    else: dls = DataLoaders.from_tensors(*data, batch_size=args.bs, seed=args.seed)
     cbs = []
     if progress:
         from exp.progress import ProgressCallback
         cbs.append(ProgressCallback(bars=True))  # the console bars, even when stdout is not a terminal
     learn = Learner(model, dls, loss_func=F.cross_entropy, lr=args.lr, opt_func=make_opt,
-                    metrics=[accuracy], cbs=cbs)
+                    metrics=[accuracy], cbs=cbs, device=DEVICE)
     with contextlib.redirect_stdout(io.StringIO()):  # the console table is not part of the benchmark output
         learn.fit(1)
     return since(start), model
@@ -161,7 +189,7 @@ def run_lightning(data, args):
     model = args.make_model(args.seed)
     start = now()
     train, valid = torch_loaders(data, args)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_epochs=1, accelerator="gpu" if DEVICE.type == "cuda" else "cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
     with contextlib.redirect_stdout(io.StringIO()):  # Lightning's tips
         trainer.fit(LitCNN(model), train, valid)
@@ -169,7 +197,9 @@ def run_lightning(data, args):
 
 
 CONTENDERS = {"raw": run_raw, "raw+torchDL": run_raw_torch_dl, "learner": run_learner,
-              "learner+bar": partial(run_learner, progress=True), "lightning": run_lightning}
+              "learner+bar": partial(run_learner, progress=True), "lightning": run_lightning,
+              "learner (raw batches)": partial(run_learner, raw_batches=True)}
+EPOCH_CONTENDERS = ["raw", "raw+torchDL", "learner", "learner+bar", "lightning"]
 
 
 def bench_epochs(data, args, names):
@@ -188,13 +218,16 @@ def bench_epochs(data, args, names):
     return times, cpu_times, accuracy
 
 
-def bench_overhead(data, args, runs=7):
-    "CPU seconds per epoch of raw vs learner on a linear model: the Learner's own cost per batch."
+OVERHEAD = ["raw", "learner", "learner (raw batches)"]
+
+
+def bench_overhead(data, args):
+    "CPU seconds per epoch of raw vs the Learner on a linear model: the Learner's own cost per batch."
     tiny = argparse.Namespace(**{**vars(args), "make_model": make_linear})
     if data[0].shape[-1] != 28: tiny.make_model = lambda seed: (torch.manual_seed(seed), nn.Sequential(nn.Flatten(), nn.Linear(data[0][0].numel(), 10)))[1]
-    cpu = {"raw": [], "learner": []}
-    for round_ in range(runs + 1):
-        for name in (["raw", "learner"] if round_ % 2 else ["learner", "raw"]):
+    cpu = {name: [] for name in OVERHEAD}
+    for round_ in range(args.overhead_runs + 1):  # round 0 warms up
+        for name in OVERHEAD[round_ % 3:] + OVERHEAD[:round_ % 3]:
             (_, seconds), _ = CONTENDERS[name](data, tiny)
             if round_: cpu[name].append(seconds)
     return cpu
@@ -239,16 +272,20 @@ def main():
     parser.add_argument("--dl_epochs", type=int, default=1, help="epochs per DataLoader measurement")
     parser.add_argument("--only", nargs="*", default=None, help="a subset of the contenders")
     parser.add_argument("--skip_epochs", action="store_true", help="only the overhead and DataLoader measurements")
+    parser.add_argument("--overhead_runs", type=int, default=11, help="timed rounds of the linear-model overhead")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps ...: where the models train")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; on a shared 2-core machine 2 threads oversubscribe and swing 20x")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     warnings.filterwarnings("ignore")
     import logging; logging.getLogger("pytorch_lightning").setLevel(logging.ERROR); logging.getLogger("lightning").setLevel(logging.ERROR)
 
     args.make_model = make_cnn
     data = load(args.dataset)
-    names = args.only or list(CONTENDERS)
+    names = args.only or EPOCH_CONTENDERS
     load_before = os.getloadavg()
     if not args.skip_epochs: times, cpu_times, accuracy = bench_epochs(data, args, names)
     overhead = bench_overhead(data, args)
@@ -259,10 +296,12 @@ def main():
     print(f"# Training loop: one epoch, {args.dataset} ({len(data[0])} train / {len(data[2])} valid images), "
           f"batch size {args.bs}, SGD(lr={args.lr}, momentum=0.9)\n")
     print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"device {DEVICE}{f' ({torch.cuda.get_device_name()})' if DEVICE.type == 'cuda' else ''}, "
           f"Python {platform.python_version()}; median of {args.runs} interleaved rounds after a warm-up round; "
           f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n")
     def paired(t, ref): return statistics.median(a / b for a, b in zip(t, ref)) if ref else float("nan")
-    over_us = 1e6 * statistics.median(a - b for a, b in zip(overhead["learner"], overhead["raw"])) / n_batches
+    over_us = {name: 1e6 * statistics.median(a - b for a, b in zip(overhead[name], overhead["raw"])) / n_batches
+               for name in OVERHEAD[1:]}
     if args.skip_epochs:
         return print_overhead(overhead, over_us, n_batches, None)
     print("| contender | wall s (median) | wall min–max | wall ratio to raw | CPU s (median) | CPU ratio to raw | valid accuracy |")
@@ -285,9 +324,15 @@ def main():
 def print_overhead(overhead, over_us, n_batches, cnn_batch_s):
     print(f"\n## The Learner's own cost per batch (linear model, one epoch = {n_batches} batches, CPU time, "
           f"median of {len(overhead['raw'])} interleaved rounds)\n")
-    print(f"raw {statistics.median(overhead['raw']):.3f} s, learner {statistics.median(overhead['learner']):.3f} s per epoch: "
-          f"the Learner (callbacks, metrics on every batch, loss check) adds {over_us:.0f} µs per batch"
-          + (f", {100 * over_us * 1e-6 / cnn_batch_s:.1f}% of the CNN's {1e3 * cnn_batch_s:.2f} ms per batch." if cnn_batch_s else "."))
+    print("| contender | CPU s per epoch (median) | µs per batch over raw (median of paired) |")
+    print("|---|---|---|")
+    for name in OVERHEAD:
+        print(f"| {name} | {statistics.median(overhead[name]):.3f} | " + (f"{over_us[name]:.0f} |" if name in over_us else "0 |"))
+    own = over_us["learner (raw batches)"]
+    print(f"\nThe Learner alone (callbacks, metrics on every batch, loss check, device placement), fed the raw loop's "
+          f"batches, adds {own:.0f} µs per batch; with our DataLoader, {over_us['learner']:.0f} µs"
+          + (f", {100 * over_us['learner'] * 1e-6 / cnn_batch_s:.1f}% of the CNN's {1e3 * cnn_batch_s:.2f} ms per batch."
+             if cnn_batch_s else "."))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 __all__ = ['DataLoader', 'Dataset', 'Sampler', 'collate', 'cross_entropy', 'accuracy', 'set_seed', 'DataLoaders', 'CancelException', 'CancelFitException', 'CancelEpochException', 'CancelTrainException', 'CancelValidException', 'CancelBatchException', 'EVENTS', 'snake_case', 'Callback', 'run_phase', 'batch_size_of', 'StatsPrinter', 'print_stats', 'MetricsCallback', 'NonFiniteLossError', 'expected_input', 'find_failing_layer', 'describe_forward_error', 'default_device', 'to_device', 'LossCheck', 'Learner']
 
 # %% nbs/04_callbacks.ipynb cell 3
-import inspect, math, os, re, time
+import inspect, itertools, math, os, re, time
 from collections.abc import Mapping
 import torch
 from torch import nn
@@ -112,6 +112,7 @@ print_stats = StatsPrinter()
 class MetricsCallback(Callback):
     "Loss and metrics for training and validation, averaged over items (batches weighted by their size)."
     order = 100  # after the callbacks that change preds or loss
+    every, max_pending = 50, 2**20  # metrics are computed on up to 50 batches, 2**20 prediction values, at once
 
     def __init__(self, *metrics, **named_metrics):
         self.metric_funcs = {**{m.__name__: m for m in metrics}, **named_metrics}
@@ -127,20 +128,45 @@ class MetricsCallback(Callback):
         # set up both phases now: a callback may cancel a phase before our own `before_*` runs
         self.stats, self.start = {"epoch": epoch}, time.perf_counter()
         self.counts = {"train": 0, "valid": 0}
-        self.totals = {phase: {name: 0. for name in ["loss", *self.metric_funcs]} for phase in self.counts}
+        self._totals = {phase: {name: 0. for name in ["loss", *self.metric_funcs]} for phase in self.counts}
+        self.pending, self.pending_size = [], 0
+
+    @property
+    def totals(self):
+        "The running sums, `totals[phase][name]`, the batches held back included."
+        self._compute_pending()
+        return self._totals
 
     def after_loss(self):
         learn, n = self.learn, batch_size_of(self.learn.batch)
         phase = "train" if learn.training else "valid"
         self.counts[phase] += n
-        totals = self.totals[phase]
+        _accumulate(self._totals[phase], "loss", learn.loss.detach(), n)
+        if not self.metric_funcs: return
+        preds, targets = learn.preds, learn.yb
+        if not (isinstance(preds, torch.Tensor) and isinstance(targets, torch.Tensor)):
+            return self._add_metrics(phase, preds, targets, n)
+        # hold the batch back: one metrics call for many batches costs less than one per batch
+        self.pending.append((phase, preds.detach(), targets, n))
+        self.pending_size += preds.numel()
+        if len(self.pending) >= self.every or self.pending_size >= self.max_pending: self._compute_pending()
+
+    def _add_metrics(self, phase, preds, targets, n):
         with torch.no_grad():
-            _accumulate(totals, "loss", learn.loss.detach(), n)
-            for name, func in self.metric_funcs.items(): _accumulate(totals, name, func(learn.preds, learn.yb), n)
+            for name, func in self.metric_funcs.items(): _accumulate(self._totals[phase], name, func(preds, targets), n)
+
+    def _compute_pending(self):
+        "The metrics of the batches held back, on their concatenation (per run of batches of one shape)."
+        pending, self.pending, self.pending_size = self.pending, [], 0
+        while pending:
+            same = [b for b in itertools.takewhile(lambda b: _same_kind(b, pending[0]), pending)]
+            pending = pending[len(same):]
+            preds, targets = (torch.cat([b[i] for b in same]) if len(same) > 1 else same[0][i] for i in (1, 2))
+            self._add_metrics(same[0][0], preds, targets, sum(b[3] for b in same))
 
     def _save(self, phase):
         count = self.counts[phase]
-        for name, total in self.totals[phase].items():
+        for name, total in self.totals[phase].items():  # `totals` computes what is pending
             self.stats[f"{phase}_{name}"] = _read(total / count) if count else math.nan  # one sync per phase
 
     def after_train(self): self._save("train")
@@ -158,6 +184,11 @@ class MetricsCallback(Callback):
 def _read(value):
     "`float(value)`; NaN for a tensor on the `meta` device, which has no values to read."
     return math.nan if isinstance(value, torch.Tensor) and value.is_meta else float(value)
+
+def _same_kind(a, b):
+    "Whether two held-back batches concatenate: same phase; predictions and targets alike but for their length."
+    return a[0] == b[0] and all(x.shape[1:] == y.shape[1:] and x.dtype == y.dtype and x.device == y.device
+                                for x, y in ((a[1], b[1]), (a[2], b[2])))
 
 def _accumulate(totals, name, value, n):
     "`totals[name] += value * n`, in place once it is a tensor: one operation on the device, no sync."
@@ -242,33 +273,44 @@ def to_device(x, device=None, non_blocking=False):
     return x
 
 # %% nbs/04_callbacks.ipynb cell 23
-def _floating(x): return isinstance(x, torch.Tensor) and x.is_floating_point()
+def _input_sum(xb):
+    "The sum of a batch of float inputs, a tensor on their device: NaN or inf anywhere in them shows in it."
+    if not (isinstance(xb, torch.Tensor) and xb.is_floating_point()): return None
+    xb = xb.detach()
+    return (xb.float() if xb.dtype == torch.float16 else xb).sum()  # float16 sums overflow at 65504
 
 class LossCheck:
     "Finds the first batch whose loss is NaN or infinite, reading the losses from the device in bulk."
-    def __init__(self, every=50): self.every, self.records = every, []
+    max_held = 2**22  # input values kept by reference until the next read (16 MB in float32)
+
+    def __init__(self, every=50): self.every, self.records, self.held = every, [], 0
 
     def add(self, learn):
-        "Record the current batch (its loss and input sum stay on the device); True when a read is due."
-        loss, xb = learn.loss.detach(), learn.xb
-        inputs = xb.detach().sum(dtype=torch.float32) if _floating(xb) else None  # NaN or inf anywhere shows here
+        "Record the current batch (its loss, and its inputs or their sum, stay on the device); True when a read is due."
         lr = learn.opt.param_groups[0]["lr"] if learn.training and learn.opt is not None else None
-        self.records.append((loss if loss.ndim == 0 else loss.sum(), inputs, learn.epoch, learn.training, learn.iter, lr))
+        xb = learn.xb
+        if isinstance(xb, torch.Tensor) and xb.is_floating_point() and self.held + xb.numel() <= self.max_held:
+            inputs = xb.detach()  # small batches: keep a reference, no work now
+            self.held += xb.numel()
+        else: inputs = _input_sum(xb)  # large ones: one reduction, small beside their forward
+        self.records.append((learn.loss.detach(), inputs, learn.iter, lr))
         return len(self.records) >= self.every
 
     def check(self, learn):
         "Read every recorded loss at once (one sync); raise `NonFiniteLossError` naming the first bad batch."
-        records, self.records = self.records, []
+        records, self.records, self.held = self.records, [], 0  # all from this phase: each phase ends with a read
         if not records or records[0][0].device.type == "meta": return  # meta tensors hold no values to read
-        finite = torch.isfinite(torch.stack([record[0].float() for record in records]))
+        losses = [loss for loss, *_ in records]
+        if any(loss.ndim for loss in losses): losses = [loss.float().sum() for loss in losses]  # e.g. reduction='none'
+        finite = torch.isfinite(torch.stack(losses))
         n_good = len(records) if bool(finite.all()) else int(finite.logical_not().nonzero()[0])
-        good_lrs = [record[5] for record in records[:n_good] if record[5] is not None]
+        good_lrs = [lr for *_, lr in records[:n_good] if lr is not None]
         if good_lrs: learn.last_good_lr = good_lrs[-1]
         if n_good == len(records): return
-        loss, inputs, epoch, training, i, _ = records[n_good]
-        msg = (f"Epoch {epoch}, {'training' if training else 'validation'} batch {i}: the loss is {loss.tolist()}; "
-               f"training stopped. The last learning rate with a finite loss was {learn.last_good_lr}.")
-        if inputs is not None and not bool(torch.isfinite(inputs)): msg += " The batch's inputs contain NaN or inf."
+        loss, inputs, i, _ = records[n_good]
+        msg = (f"Epoch {learn.epoch}, {'training' if learn.training else 'validation'} batch {i}: the loss is "
+               f"{loss.tolist()}; training stopped. The last learning rate with a finite loss was {learn.last_good_lr}.")
+        if inputs is not None and not bool(torch.isfinite(inputs).all()): msg += " The batch's inputs contain NaN or inf."
         else: msg += " Try a lower learning rate, or check the data and the loss function."
         raise NonFiniteLossError(msg)
 

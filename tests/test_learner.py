@@ -518,3 +518,34 @@ def test_fit_moves_model_and_batches_to_the_learners_device(digits):
     assert learn.opt.param_groups[0]["params"][0].is_meta
     preds, targets = learn.get_preds()
     assert preds.is_meta and targets.is_meta and preds.shape == (50, 10)
+
+
+def test_metrics_held_back_equal_per_batch_metrics():
+    "Held-back batches are computed on their concatenation, runs of one shape at a time: the same weighted sums."
+    torch.manual_seed(0)
+    class Fake: pass
+    learn, cb = Fake(), MetricsCallback(accuracy)
+    cb.learn, cb.every = learn, 4
+    cb._start_epoch(0)
+    expected, count = 0., 0
+    shapes = [(8, 10), (8, 10), (5, 10), (8, 3), (8, 3), (8, 10), (8, 10), (8, 10), (8, 10), (2, 10)]
+    for phase_training, shape in zip([True] * 7 + [False] * 3, shapes):
+        learn.training, learn.preds = phase_training, torch.randn(shape)
+        learn.batch = (torch.randn(shape[0], 4), torch.randint(0, shape[1], (shape[0],)))
+        learn.yb, learn.loss = learn.batch[1], torch.tensor(1.0)
+        cb.after_loss()
+        if phase_training: expected += accuracy(learn.preds, learn.yb).item() * shape[0]; count += shape[0]
+    assert len(cb.pending) < cb.every and cb.counts == {"train": count, "valid": 18}
+    assert abs(float(cb.totals["train"]["accuracy"]) - expected) < 1e-5 and cb.pending == []
+    assert float(cb.totals["train"]["loss"]) == count
+
+
+def test_nan_inputs_of_a_large_batch_are_found_from_their_sum(monkeypatch, digits):
+    "Batches too large to hold by reference are summed on the device: the sum is NaN too."
+    from exp.learner import LossCheck
+    monkeypatch.setattr(LossCheck, "max_held", 0)
+    x_train, y_train, x_valid, y_valid = digits
+    bad = x_train[:200].clone(); bad[130, 3] = float("inf")
+    dls = DataLoaders(DataLoader(Dataset(bad, y_train[:200]), 64), DataLoader(Dataset(x_valid, y_valid), 64))
+    with pytest.raises(NonFiniteLossError, match=r"Epoch 0, training batch 2: .*inputs contain NaN or inf"):
+        Learner(mlp(), dls, lr=0.05, logger=None).fit(1)
