@@ -549,3 +549,16 @@ def test_nan_inputs_of_a_large_batch_are_found_from_their_sum(monkeypatch, digit
     dls = DataLoaders(DataLoader(Dataset(bad, y_train[:200]), 64), DataLoader(Dataset(x_valid, y_valid), 64))
     with pytest.raises(NonFiniteLossError, match=r"Epoch 0, training batch 2: .*inputs contain NaN or inf"):
         Learner(mlp(), dls, lr=0.05, logger=None).fit(1)
+
+
+def test_to_device_pins_and_copies_without_blocking_to_cuda(monkeypatch):
+    "From the CPU to CUDA a batch goes through pinned memory with non_blocking=True (recorded, not run: no GPU here)."
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self, *a: False)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: calls.append("pin") or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: calls.append((str(a[0]), k)) or self)
+    to_device((torch.ones(2), {"y": torch.ones(1)}), torch.device("cuda"), non_blocking=True)
+    assert calls == ["pin", ("cuda", {"non_blocking": True})] * 2
+    calls.clear()
+    to_device(torch.ones(2), torch.device("cuda"))  # a blocking copy needs no pinning
+    assert calls == [("cuda", {"non_blocking": False})]
