@@ -438,7 +438,8 @@ class SyncCounter:
         for name in SYNCING:
             original = getattr(torch.Tensor, name)
             def counted(tensor, *args, _original=original, _name=name, **kwargs):
-                self.count += 1; self.names.append(_name)
+                self.count += 1
+                self.names.append(_name)
                 return _original(tensor, *args, **kwargs)
             self.monkeypatch.setattr(torch.Tensor, name, counted)
         return self
@@ -448,8 +449,9 @@ class SyncCounter:
 
 def syncs_of_a_fit(monkeypatch, digits, n_train, n_epochs=1, **kwargs):
     x_train, y_train, x_valid, y_valid = digits
-    dls = DataLoaders.from_tensors(x_train[:n_train], y_train[:n_train], x_valid[:40], y_valid[:40], batch_size=20, seed=0)
-    learn = Learner(mlp(), dls, lr=0.1, metrics=accuracy, **kwargs)  # the default logger prints: part of a fit
+    dls = DataLoaders.from_tensors(x_train[:n_train], y_train[:n_train], x_valid[:40], y_valid[:40],
+                                   batch_size=20, seed=0)
+    learn = Learner(mlp(), dls, lr=0.1, metrics=accuracy, **kwargs)  # the default logger prints, too
     learn.fit(0)  # the first fit builds the optimizer: count only the training
     with SyncCounter(monkeypatch) as counter: learn.fit(n_epochs)
     return counter
@@ -459,7 +461,7 @@ def test_default_fit_makes_no_sync_per_batch(monkeypatch, digits, capsys):
     small = syncs_of_a_fit(monkeypatch, digits, 200)           # 10 training batches an epoch
     large = syncs_of_a_fit(monkeypatch, digits, 800)           # 40
     assert large.count == small.count, (small.names, large.names)
-    assert 0 < small.count <= 12, small.names                  # a few per epoch: the metrics and the loss check
+    assert 0 < small.count <= 12, small.names  # a few per epoch: metrics, loss check
     two_epochs = syncs_of_a_fit(monkeypatch, digits, 800, n_epochs=2)
     assert two_epochs.count == 2 * large.count
 
@@ -469,8 +471,9 @@ def test_loss_check_reads_once_every_check_every_batches(monkeypatch, digits, ca
     x_train, y_train, x_valid, y_valid = digits
     counts = []
     for n_train in (200, 800):
-        learn = Every5(mlp(), DataLoaders.from_tensors(x_train[:n_train], y_train[:n_train], x_valid[:40], y_valid[:40],
-                                                       batch_size=20), logger=None)
+        dls = DataLoaders.from_tensors(x_train[:n_train], y_train[:n_train], x_valid[:40], y_valid[:40],
+                                       batch_size=20)
+        learn = Every5(mlp(), dls, logger=None)
         learn.fit(0)
         with SyncCounter(monkeypatch) as counter: learn.fit(1)
         counts.append(counter.names.count("__bool__"))
@@ -487,11 +490,12 @@ def test_nan_found_in_bulk_still_names_the_first_bad_batch(digits):
     dls = DataLoaders(DataLoader(Dataset(bad, y_train[:400]), 20), DataLoader(Dataset(x_valid, y_valid), 100))
     class Learner7(Learner): check_every = 7
     learn = Learner7(mlp(), dls, lr=0.05, cbs=Count(), logger=None)
-    with pytest.raises(NonFiniteLossError, match=r"^Epoch 0, training batch 5: the loss is nan; .* was 0\.05\. "
+    with pytest.raises(NonFiniteLossError, match=r"^Epoch 0, training batch 5: the loss is nan; .* 0\.05\. "
                                                  r"The batch's inputs contain NaN"):
         learn.fit(2)
-    assert seen[-1] == (0, 5)  # read at batch 6's loss (the 7th record), before its step: batch 5 finished last
-    learn = Learner(mlp(), DataLoaders.from_tensors(x_train[:100], y_train[:100], x_valid, y_valid), lr=1e10, logger=None)
+    assert seen[-1] == (0, 5)  # read at batch 6's loss (7th record), before its step
+    dls = DataLoaders.from_tensors(x_train[:100], y_train[:100], x_valid, y_valid)
+    learn = Learner(mlp(), dls, lr=1e10, logger=None)
     with pytest.raises(NonFiniteLossError, match="Try a lower learning rate"): learn.fit(3)
 
 
@@ -508,7 +512,7 @@ def test_learner_device_default_and_explicit(monkeypatch, digits):
 
 
 def test_fit_moves_model_and_batches_to_the_learners_device(digits):
-    "On `meta` (no values, but device checks as strict as CUDA's) a whole default fit runs: nothing on the wrong device."
+    "A default fit on `meta` (no values, device checks as strict as CUDA's): nothing on the wrong device."
     seen = []
     class Where(Callback):
         def before_batch(self): seen.append((self.learn.xb.device.type, self.learn.yb.device.type))
@@ -521,7 +525,7 @@ def test_fit_moves_model_and_batches_to_the_learners_device(digits):
 
 
 def test_metrics_held_back_equal_per_batch_metrics():
-    "Held-back batches are computed on their concatenation, runs of one shape at a time: the same weighted sums."
+    "Held-back batches are computed on their concatenation, one run of a shape at a time: the same sums."
     torch.manual_seed(0)
     class Fake: pass
     learn, cb = Fake(), MetricsCallback(accuracy)
@@ -534,7 +538,9 @@ def test_metrics_held_back_equal_per_batch_metrics():
         learn.batch = (torch.randn(shape[0], 4), torch.randint(0, shape[1], (shape[0],)))
         learn.yb, learn.loss = learn.batch[1], torch.tensor(1.0)
         cb.after_loss()
-        if phase_training: expected += accuracy(learn.preds, learn.yb).item() * shape[0]; count += shape[0]
+        if phase_training:
+            expected += accuracy(learn.preds, learn.yb).item() * shape[0]
+            count += shape[0]
     assert len(cb.pending) < cb.every and cb.counts == {"train": count, "valid": 18}
     assert abs(float(cb.totals["train"]["accuracy"]) - expected) < 1e-5 and cb.pending == []
     assert float(cb.totals["train"]["loss"]) == count
@@ -545,14 +551,15 @@ def test_nan_inputs_of_a_large_batch_are_found_from_their_sum(monkeypatch, digit
     from exp.learner import LossCheck
     monkeypatch.setattr(LossCheck, "max_held", 0)
     x_train, y_train, x_valid, y_valid = digits
-    bad = x_train[:200].clone(); bad[130, 3] = float("inf")
+    bad = x_train[:200].clone()
+    bad[130, 3] = float("inf")
     dls = DataLoaders(DataLoader(Dataset(bad, y_train[:200]), 64), DataLoader(Dataset(x_valid, y_valid), 64))
     with pytest.raises(NonFiniteLossError, match=r"Epoch 0, training batch 2: .*inputs contain NaN or inf"):
         Learner(mlp(), dls, lr=0.05, logger=None).fit(1)
 
 
 def test_to_device_pins_and_copies_without_blocking_to_cuda(monkeypatch):
-    "From the CPU to CUDA a batch goes through pinned memory with non_blocking=True (recorded, not run: no GPU here)."
+    "CPU to CUDA goes through pinned memory with non_blocking=True (calls recorded, not run: no GPU here)."
     calls = []
     monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self, *a: False)
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: calls.append("pin") or self)

@@ -63,7 +63,8 @@ def test_convolutions_from_scratch_on_meta():
 def test_cnn_with_general_relu_on_meta():
     from exp.conv import get_cnn_model, init_cnn, GeneralRelu
     assert forward_backward(init_cnn(get_cnn_model()), torch.randn(4, 64)).shape == (4, 10)
-    assert forward_backward(nn.Sequential(nn.Linear(3, 4), GeneralRelu(leak=0.1, sub=0.4)), torch.randn(2, 3)).shape == (2, 4)
+    relu_model = nn.Sequential(nn.Linear(3, 4), GeneralRelu(leak=0.1, sub=0.4))
+    assert forward_backward(relu_model, torch.randn(2, 3)).shape == (2, 4)
 
 
 def test_xresnets_on_meta():
@@ -86,11 +87,12 @@ def test_char_model_and_stateful_on_meta():
     assert forward_backward(CharModel(20), x, output=first).shape[-1] == 20
     stateful = Stateful(CharModel(20))
     forward_backward(stateful, x, output=first)
-    forward_backward(stateful, x, output=first)  # the second batch starts from the (meta) state the first left
+    forward_backward(stateful, x, output=first)  # the second batch starts from the first's state
 
 
 def test_attention_and_positions_on_meta():
-    from exp.attention import MultiHeadAttention, LearnedPositions, SinusoidalPositions, apply_rotary, causal_mask
+    from exp.attention import (MultiHeadAttention, LearnedPositions, SinusoidalPositions, apply_rotary,
+                               causal_mask)
     x = torch.randn(2, 5, 8)
     assert forward_backward(MultiHeadAttention(8, 2), x, output=first).shape == (2, 5, 8)
     assert forward_backward(LearnedPositions(10, 8), x).shape[-1] == 8
@@ -101,11 +103,12 @@ def test_attention_and_positions_on_meta():
 
 def test_torch_gpt_twin_on_meta():
     from exp.transformer import TorchGPT
-    assert forward_backward(TorchGPT(30, 16, 8, 2, 2), torch.randint(0, 30, (2, 10)), output=first).shape == (2, 10, 30)
+    y = forward_backward(TorchGPT(30, 16, 8, 2, 2), torch.randint(0, 30, (2, 10)), output=first)
+    assert y.shape == (2, 10, 30)
 
 
 @pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="GPT.forward's check_tokens compares the ids' min and max with the vocabulary in Python: "
+                   reason="GPT.forward's check_tokens compares the ids' range with the vocabulary in Python: "
                           "a host-device sync at every forward (exp.transformer, lesson 18)")
 def test_gpt_on_meta():
     from exp.transformer import GPT
@@ -113,7 +116,7 @@ def test_gpt_on_meta():
 
 
 def test_our_autograd_engine_on_meta():
-    "The engine of 02c on meta tensors: its indexing backward scatters into zeros made on the gradient's device."
+    "The engine of 02c on meta: its indexing backward scatters into zeros made on the gradient's device."
     import exp.autograd as ag
     x = ag.Variable(torch.randn(6, 4, device=META))
     W, b = ag.Parameter(torch.randn(3, 4, device=META)), ag.Parameter(torch.zeros(3, device=META))
@@ -129,7 +132,7 @@ def test_batch_augment_on_meta():
     assert flip_lr(x).is_meta and pad_crop(x, 2).shape == x.shape
     try: torch.Generator(device=META)
     except RuntimeError as e:
-        pytest.skip(f"BatchAugment draws from a torch.Generator on the batch's device, which meta does not have ({e})")
+        pytest.skip(f"BatchAugment draws from a torch.Generator on the batch's device; meta has none ({e})")
     assert BatchAugment(flip=True, seed=0)(x).is_meta
 
 
@@ -142,8 +145,8 @@ def digit_dls(n_train=60, n_valid=30, batch_size=20, images=False):
     from exp.data import load_digits
     x_train, y_train, x_valid, y_valid = load_digits()
     if images: x_train, x_valid = x_train.view(-1, 1, 8, 8), x_valid.view(-1, 1, 8, 8)
-    return DataLoaders.from_tensors(x_train[:n_train], y_train[:n_train], x_valid[:n_valid], y_valid[:n_valid],
-                                    batch_size=batch_size, seed=0)
+    train, valid = (x_train[:n_train], y_train[:n_train]), (x_valid[:n_valid], y_valid[:n_valid])
+    return DataLoaders.from_tensors(*train, *valid, batch_size=batch_size, seed=0)
 
 
 class Where(Callback):
@@ -180,7 +183,7 @@ def test_default_callbacks_of_a_cnn_fit_on_meta():
                     logger=None, cbs=[ParamScheduler({"lr": sched_cos(0.1, 0.01)}), Recorder(), MixUp(seed=0),
                                       GradientClipping(1.0), where]).fit(2)
     assert where.seen == {("meta",) * 4}
-    assert len(learn.recorder.lrs) == 6 and learn.recorder.losses == []  # meta losses hold no values to record
+    assert len(learn.recorder.lrs) == 6 and learn.recorder.losses == []  # meta: no values
 
 
 def test_progress_bar_on_meta(monkeypatch):
@@ -199,4 +202,5 @@ def test_mixed_precision_needs_a_real_device():
         with torch.autocast("meta"): pass
     except RuntimeError as e:
         pytest.skip(f"autocast has no meta backend ({str(e).splitlines()[0][:100]})")
-    Learner(nn.Sequential(nn.Linear(64, 10)), digit_dls(), device="meta", logger=None, cbs=MixedPrecision()).fit(1)
+    Learner(nn.Sequential(nn.Linear(64, 10)), digit_dls(), device="meta", logger=None,
+            cbs=MixedPrecision()).fit(1)
