@@ -92,7 +92,7 @@ def run_phase(learn, name, body):
 def batch_size_of(batch):
     "The number of items in a batch: the length of its targets, else of its inputs."
     if isinstance(batch, torch.Tensor): return len(batch)
-    if isinstance(batch, tuple) and len(batch) > 1 and isinstance(batch[1], torch.Tensor): return len(batch[1])
+    if type(batch) is tuple and len(batch) > 1 and isinstance(batch[1], torch.Tensor): return len(batch[1])
     if isinstance(batch, Mapping): batch = list(batch.values())
     parts = list(batch)
     return batch_size_of(parts[1] if len(parts) > 1 else parts[0])
@@ -112,7 +112,7 @@ print_stats = StatsPrinter()
 class MetricsCallback(Callback):
     "Loss and metrics for training and validation, averaged over items (batches weighted by their size)."
     order = 100  # after the callbacks that change preds or loss
-    every, max_pending = 50, 2**20  # metrics are computed on up to 50 batches, 2**20 prediction values, at once
+    every, max_pending = 50, 2**20  # metrics computed at once on up to 50 batches, 2**20 prediction values
 
     def __init__(self, *metrics, **named_metrics):
         self.metric_funcs = {**{m.__name__: m for m in metrics}, **named_metrics}
@@ -153,7 +153,8 @@ class MetricsCallback(Callback):
 
     def _add_metrics(self, phase, preds, targets, n):
         with torch.no_grad():
-            for name, func in self.metric_funcs.items(): _accumulate(self._totals[phase], name, func(preds, targets), n)
+            for name, func in self.metric_funcs.items():
+                _accumulate(self._totals[phase], name, func(preds, targets), n)
 
     def _compute_pending(self):
         "The metrics of the batches held back, on their concatenation (per run of batches of one shape)."
@@ -161,7 +162,7 @@ class MetricsCallback(Callback):
         while pending:
             same = [b for b in itertools.takewhile(lambda b: _same_kind(b, pending[0]), pending)]
             pending = pending[len(same):]
-            preds, targets = (torch.cat([b[i] for b in same]) if len(same) > 1 else same[0][i] for i in (1, 2))
+            preds, targets = (torch.cat([b[i] for b in same]) if same[1:] else same[0][i] for i in (1, 2))
             self._add_metrics(same[0][0], preds, targets, sum(b[3] for b in same))
 
     def _save(self, phase):
@@ -186,7 +187,7 @@ def _read(value):
     return math.nan if isinstance(value, torch.Tensor) and value.is_meta else float(value)
 
 def _same_kind(a, b):
-    "Whether two held-back batches concatenate: same phase; predictions and targets alike but for their length."
+    "Whether two held-back batches concatenate: same phase, predictions and targets alike but in length."
     return a[0] == b[0] and all(x.shape[1:] == y.shape[1:] and x.dtype == y.dtype and x.device == y.device
                                 for x, y in ((a[1], b[1]), (a[2], b[2])))
 
@@ -262,7 +263,7 @@ def default_device():
 
 def to_device(x, device=None, non_blocking=False):
     "`x` (a tensor, or a tuple/list/dict of them) on `device` (default: `default_device()`)."
-    device = device if isinstance(device, torch.device) else torch.device(device) if device else default_device()
+    if not isinstance(device, torch.device): device = torch.device(device) if device else default_device()
     if isinstance(x, torch.Tensor):
         if x.device == device: return x
         if non_blocking and device.type == "cuda" and x.device.type == "cpu" and not x.is_pinned():
@@ -273,9 +274,11 @@ def to_device(x, device=None, non_blocking=False):
     return x
 
 # %% nbs/04_callbacks.ipynb cell 23
+def _is_float(x): return isinstance(x, torch.Tensor) and x.is_floating_point()
+
 def _input_sum(xb):
     "The sum of a batch of float inputs, a tensor on their device: NaN or inf anywhere in them shows in it."
-    if not (isinstance(xb, torch.Tensor) and xb.is_floating_point()): return None
+    if not _is_float(xb): return None
     xb = xb.detach()
     return (xb.float() if xb.dtype == torch.float16 else xb).sum()  # float16 sums overflow at 65504
 
@@ -286,10 +289,10 @@ class LossCheck:
     def __init__(self, every=50): self.every, self.records, self.held = every, [], 0
 
     def add(self, learn):
-        "Record the current batch (its loss, and its inputs or their sum, stay on the device); True when a read is due."
+        "Record this batch (loss, inputs or their sum: all stay on the device); True when a read is due."
         lr = learn.opt.param_groups[0]["lr"] if learn.training and learn.opt is not None else None
         xb = learn.xb
-        if isinstance(xb, torch.Tensor) and xb.is_floating_point() and self.held + xb.numel() <= self.max_held:
+        if _is_float(xb) and self.held + xb.numel() <= self.max_held:
             inputs = xb.detach()  # small batches: keep a reference, no work now
             self.held += xb.numel()
         else: inputs = _input_sum(xb)  # large ones: one reduction, small beside their forward
@@ -298,19 +301,21 @@ class LossCheck:
 
     def check(self, learn):
         "Read every recorded loss at once (one sync); raise `NonFiniteLossError` naming the first bad batch."
-        records, self.records, self.held = self.records, [], 0  # all from this phase: each phase ends with a read
+        records, self.records, self.held = self.records, [], 0  # one phase's: each phase ends with a read
         if not records or records[0][0].device.type == "meta": return  # meta tensors hold no values to read
         losses = [loss for loss, *_ in records]
-        if any(loss.ndim for loss in losses): losses = [loss.float().sum() for loss in losses]  # e.g. reduction='none'
+        if any(loss.ndim for loss in losses): losses = [loss.float().sum() for loss in losses]  # not a scalar
         finite = torch.isfinite(torch.stack(losses))
         n_good = len(records) if bool(finite.all()) else int(finite.logical_not().nonzero()[0])
         good_lrs = [lr for *_, lr in records[:n_good] if lr is not None]
         if good_lrs: learn.last_good_lr = good_lrs[-1]
         if n_good == len(records): return
         loss, inputs, i, _ = records[n_good]
-        msg = (f"Epoch {learn.epoch}, {'training' if learn.training else 'validation'} batch {i}: the loss is "
-               f"{loss.tolist()}; training stopped. The last learning rate with a finite loss was {learn.last_good_lr}.")
-        if inputs is not None and not bool(torch.isfinite(inputs).all()): msg += " The batch's inputs contain NaN or inf."
+        phase = "training" if learn.training else "validation"
+        msg = (f"Epoch {learn.epoch}, {phase} batch {i}: the loss is {loss.tolist()}; training stopped. "
+               f"The last learning rate with a finite loss was {learn.last_good_lr}.")
+        if inputs is not None and not bool(torch.isfinite(inputs).all()):
+            msg += " The batch's inputs contain NaN or inf."
         else: msg += " Try a lower learning rate, or check the data and the loss function."
         raise NonFiniteLossError(msg)
 

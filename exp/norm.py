@@ -106,7 +106,7 @@ class RunningBatchNorm(nn.Module):
         momentum = self.batch_momentum(x.shape[0])
         sums = self.sums.lerp(x.sum(dims), momentum)
         squares = self.squares.lerp((x * x).sum(dims), momentum)
-        count = self.count.lerp(torch.full_like(self.count, x.numel() / x.shape[1]), momentum)  # on x's device
+        count = self.count.lerp(torch.full_like(self.count, x.numel() / x.shape[1]), momentum)  # x's device
         with torch.no_grad():
             self.sums.copy_(sums); self.squares.copy_(squares); self.count.copy_(count); self.seen += x.shape[0]
         return sums, squares, count
@@ -117,6 +117,6 @@ class RunningBatchNorm(nn.Module):
         count = count.clamp_min(1e-12)  # only 0 before the first training batch
         mean = sums / count
         var = squares / count - mean * mean
-        var = torch.where(self.seen < 20, var.clamp_min(0.01), var)  # decided on the device: an `if` would sync
+        var = torch.where(self.seen < 20, var.clamp_min(0.01), var)  # on the device: an `if` would sync
         x = (x - channel_view(mean, x.ndim)) / channel_view(var + self.eps, x.ndim).sqrt()
         return x * channel_view(self.weight, x.ndim) + channel_view(self.bias, x.ndim)

@@ -28,7 +28,8 @@ class ProgressCallback(Callback):
         self.saved_logger, self.mbar = learn.logger, None
         self.use_bars = self.show and (interactive() if self.bars is None else self.bars)
         if not self.show or self.use_bars: learn.logger = None  # we write the rows ourselves (or nothing)
-        self.losses, self.pending, self.valid_at, self.valid_losses, self.header_written = [], [], [], [], False
+        self.losses, self.pending, self.valid_at, self.valid_losses = [], [], [], []
+        self.header_written = False
         if self.use_bars:
             master_bar = fp.NBMasterBar if fp.IN_NOTEBOOK else fp.ConsoleMasterBar
             self.mbar = master_bar(range(learn.n_epochs))  # it draws itself on its first update
@@ -50,11 +51,12 @@ class ProgressCallback(Callback):
     def after_batch(self):
         learn = self.learn
         if self.pbar: self.pbar.update(learn.iter + 1)
-        if self.plot and self.mbar and learn.training: self.pending.append(learn.loss.detach())  # no sync here
+        if self.plot and self.mbar and learn.training: self.pending.append(learn.loss.detach())  # no sync
 
     def after_epoch(self):
         if not self.mbar: return  # the Learner's logger printed the line (or show=False silenced it)
-        if self.pending and not self.pending[0].is_meta: self.losses += torch.stack(self.pending).float().tolist()
+        if self.pending and not self.pending[0].is_meta:
+            self.losses += torch.stack(self.pending).float().tolist()
         self.pending = []  # the epoch's losses, read from the device at once
         stats = self.learn.metrics.log[-1]
         if not self.header_written: self.mbar.write(list(stats), table=True); self.header_written = True

@@ -112,7 +112,8 @@ class Recorder(Callback):
 
     def _read_losses(self):
         "Move the epoch's losses from the device into `losses`, in one read."
-        if self.pending and not self.pending[0].is_meta: self.losses += torch.stack(self.pending).float().tolist()
+        if self.pending and not self.pending[0].is_meta:
+            self.losses += torch.stack(self.pending).float().tolist()
         self.pending = []
 
     def after_train(self):
