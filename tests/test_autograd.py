@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from exp.autograd import (Variable, Function, no_grad, eval_mode, using_config, Config, numerical_grad, exp, log, sin, cos, tanh,
                           sigmoid, relu, reshape, transpose, broadcast_to, sum_to, matmul, linear, getitem, clip, softmax,
                           log_softmax, softmax_cross_entropy, mse, concat, split, dot_graph, Sequential, Linear, SGD)
+from engine_checks import check_gradients
 from exp.testing import test_near, test_eq
 
 
@@ -80,19 +81,7 @@ def spec(name):
 
 @pytest.mark.parametrize("name", OPS)
 def test_gradient_matches_torch_and_numerical(name):
-    ours, theirs, xs = spec(name)
-    weight = torch.randn(theirs(*xs).shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    vs = [Variable(x.clone()) for x in xs]
-    out = ours(*vs)
-    test_near(out.data, theirs(*xs), atol=1e-12, rtol=1e-12)
-    (out * weight).sum().backward()
-    ts = [x.clone().requires_grad_() for x in xs]
-    (theirs(*ts) * weight).sum().backward()
-    numeric = numerical_grad(lambda *a: (ours(*map(Variable, a)) * weight).sum().data, *[x.clone() for x in xs])
-    for v, t, n in zip(vs, ts, numeric):
-        test_eq(tuple(v.grad.shape), tuple(v.shape))
-        test_near(v.grad.data, t.grad, atol=1e-10, rtol=1e-10)
-        test_near(v.grad.data, n, atol=1e-6, rtol=1e-6)
+    check_gradients(*spec(name))
 
 
 @pytest.mark.parametrize("name", [n for n in OPS if n not in ("relu", "clip")])  # relu'' and clip'' are 0 (or undefined at kinks)

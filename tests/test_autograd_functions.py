@@ -7,6 +7,7 @@ from exp.autograd import Variable, Config, eval_mode, numerical_grad, tanh
 from exp.autograd_functions import (im2col, col2im, conv2d, conv_transpose2d, max_pool2d, avg_pool2d, pad2d, dropout,
                                     batch_norm, leaky_relu, embedding, flatten, expand_dims, mean, binary_cross_entropy,
                                     binary_cross_entropy_with_logits, sigmoid_cross_entropy, accuracy)
+from engine_checks import check_gradients
 from exp.testing import test_eq, test_near
 
 
@@ -62,19 +63,7 @@ def spec(name):
 
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_gradient_matches_torch_and_numerical(name):
-    ours, theirs, xs = spec(name)
-    weight = torch.randn(theirs(*xs).shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    vs = [Variable(x.clone()) for x in xs]
-    out = ours(*vs)
-    test_near(out.data, theirs(*xs), atol=1e-12, rtol=1e-12)
-    (out * weight).sum().backward()
-    ts = [x.clone().requires_grad_() for x in xs]
-    (theirs(*ts) * weight).sum().backward()
-    numeric = numerical_grad(lambda *a: (ours(*map(Variable, a)) * weight).sum().data, *[x.clone() for x in xs])
-    for v, t, n in zip(vs, ts, numeric):
-        test_eq(tuple(v.grad.shape), tuple(v.shape))
-        test_near(v.grad.data, t.grad, atol=1e-10, rtol=1e-10)
-        test_near(v.grad.data, n, atol=1e-6, rtol=1e-6)
+    check_gradients(*spec(name))
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)  # max pooling and leaky ReLU too: their masks are constants

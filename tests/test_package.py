@@ -41,7 +41,7 @@ def test_nbdev2_reads_our_settings():
     assert config.lib_name == "foundations" and config.version
 
 
-LOCAL_MODULES = {"exp", "conftest", "notebook2script", "run_notebook", "ddp_train"}
+LOCAL_MODULES = {"exp", "conftest", "notebook2script", "run_notebook", "ddp_train", "engine_checks"}
 # Packages that a declared one promises to bring (ipykernel depends on IPython).
 BROUGHT_BY_DECLARED = {"IPython": "ipykernel"}
 

@@ -1,0 +1,21 @@
+"""The oracle check that every function of our engine passes: lessons 02c (tests/test_autograd.py) and
+19 (tests/test_autograd_functions.py) run it over their tables of functions."""
+import torch
+from exp.autograd import Variable, numerical_grad
+from exp.testing import test_eq, test_near
+
+
+def check_gradients(ours, theirs, xs):
+    "Our function's output equals torch's; its gradients equal torch.autograd's and numerical differentiation's."
+    weight = torch.randn(theirs(*xs).shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    vs = [Variable(x.clone()) for x in xs]
+    out = ours(*vs)
+    test_near(out.data, theirs(*xs), atol=1e-12, rtol=1e-12)
+    (out * weight).sum().backward()
+    ts = [x.clone().requires_grad_() for x in xs]
+    (theirs(*ts) * weight).sum().backward()
+    numeric = numerical_grad(lambda *a: (ours(*map(Variable, a)) * weight).sum().data, *[x.clone() for x in xs])
+    for v, t, n in zip(vs, ts, numeric):
+        test_eq(tuple(v.grad.shape), tuple(v.shape))
+        test_near(v.grad.data, t.grad, atol=1e-10, rtol=1e-10)
+        test_near(v.grad.data, n, atol=1e-6, rtol=1e-6)
