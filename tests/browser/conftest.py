@@ -3,7 +3,7 @@
 The server listens on 127.0.0.1 only, on a free port, with a random token, and serves a temporary
 copy of the project (nbs/, exp/, benchmarks/, notebook2script.py, settings.ini), so running notebooks never
 writes into the committed ones. Its config, data, runtime and settings folders are temporary too.
-It is shut down at the end of the session whatever happened: the REST shutdown first, then the
+It is shut down when its test module ends, whatever happened: the REST shutdown first, then the
 process group, then any kernel that still names our runtime folder.
 """
 import json, os, secrets, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
@@ -34,9 +34,12 @@ def missing_dependency(reason):
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    "Headless Debian Chromium driven by Playwright; skips (or fails in CI) when either is missing."
+    """Headless Debian Chromium driven by Playwright; skips (or fails in CI) when either is missing.
+
+    Per module, not per session: Playwright's sync API keeps an asyncio loop running in the main thread
+    while it is open, and a session-long one made every later `asyncio.run` in the suite fail."""
     if not CHROMIUM.exists():
         missing_dependency(f"{CHROMIUM} is missing (apt-get install -y chromium)")
     try:
@@ -176,9 +179,9 @@ def stop_server(server):
     return strays
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab_server(browser, tmp_path_factory):
-    "One JupyterLab server for the session, on a temporary copy of the project; always shut down."
+    "One JupyterLab server for the module that uses it, on a temporary copy of the project; always shut down."
     base = tmp_path_factory.mktemp("jupyterlab")
     root, home = base / "project", base / "jupyter"
     root.mkdir()
