@@ -358,3 +358,20 @@ def test_eval_mode_switches_config_train_and_restores_it():
         with using_config("train", True): assert Config.train
         assert not Config.train
     assert Config.train
+
+
+def test_relu_backward_is_one_pass_and_twice_differentiable():
+    from exp.autograd import ReLUGrad
+    torch.manual_seed(0)
+    x, g = torch.randn(4, 3, 5, 5, dtype=torch.float64), torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    test_eq(ReLUGrad(x)(Variable(g)).data, g * (x > 0))  # gy where x > 0, 0 elsewhere
+    # a gradient of the gradient flows through ReLUGrad (linear in gy), as with torch.autograd
+    xv, xt = Variable(x.clone()), x.clone().requires_grad_()
+    (relu(xv) * relu(xv)).sum().backward(create_graph=True)
+    gx = xv.grad
+    xv.cleargrad()
+    (gx * gx).sum().backward()
+    (gt,) = torch.autograd.grad((torch.relu(xt) * torch.relu(xt)).sum(), xt, create_graph=True)
+    (ggt,) = torch.autograd.grad((gt * gt).sum(), xt)
+    test_near(gx.data, gt.detach(), atol=1e-12, rtol=0)
+    test_near(xv.grad.data, ggt, atol=1e-12, rtol=0)
