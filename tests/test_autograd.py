@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from exp.autograd import (Variable, Function, no_grad, eval_mode, using_config, Config, numerical_grad, exp, log, sin, cos, tanh,
                           sigmoid, relu, reshape, transpose, broadcast_to, sum_to, matmul, linear, getitem, clip, softmax,
                           log_softmax, softmax_cross_entropy, mse, concat, split, dot_graph, Sequential, Linear, SGD)
-from engine_checks import check_gradients
+from engine_checks import check_gradients, check_second_order
 from exp.testing import test_near, test_eq
 
 
@@ -87,22 +87,7 @@ def test_gradient_matches_torch_and_numerical(name):
 @pytest.mark.parametrize("name", [n for n in OPS if n not in ("relu", "clip")])  # relu'' and clip'' are 0 (or undefined at kinks)
 def test_second_order_matches_torch(name):
     "Gradient penalty: d/dx of sum(w * (dL/dx)^2), through a create_graph backward."
-    ours, theirs, xs = spec(name)
-    weight = torch.randn(theirs(*xs).shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    vs = [Variable(x.clone()) for x in xs]
-    (tanh(ours(*vs)) * weight).sum().backward(create_graph=True)
-    penalty = sum(((v.grad * v.grad).sum() for v in vs[1:]), (vs[0].grad * vs[0].grad).sum())
-    for v in vs: v.cleargrad()
-    penalty.backward()
-    ts = [x.clone().requires_grad_() for x in xs]
-    grads = torch.autograd.grad((torch.tanh(theirs(*ts)) * weight).sum(), ts, create_graph=True)
-    torch_penalty = sum((g * g).sum() for g in grads)
-    torch_second = torch.autograd.grad(torch_penalty, ts, allow_unused=True)
-    test_near(penalty.data, torch_penalty.detach(), atol=1e-10, rtol=1e-10)
-    for v, g in zip(vs, torch_second):
-        expected = torch.zeros_like(v.data) if g is None else g
-        got = torch.zeros_like(v.data) if v.grad is None else v.grad.data
-        test_near(got, expected, atol=1e-9, rtol=1e-9)
+    check_second_order(*spec(name))
 
 
 def expression(x): return tanh(x) * sin(x ** 2) + exp(-x) / (1 + x * x) - log(1 + x * x) * cos(x)

@@ -7,7 +7,7 @@ from exp.autograd import Variable, Config, eval_mode, numerical_grad, tanh
 from exp.autograd_functions import (im2col, col2im, conv2d, conv_transpose2d, max_pool2d, avg_pool2d, pad2d, dropout,
                                     batch_norm, leaky_relu, embedding, flatten, expand_dims, mean, binary_cross_entropy,
                                     binary_cross_entropy_with_logits, sigmoid_cross_entropy, accuracy)
-from engine_checks import check_gradients
+from engine_checks import check_gradients, check_second_order
 from exp.testing import test_eq, test_near
 
 
@@ -69,20 +69,7 @@ def test_gradient_matches_torch_and_numerical(name):
 @pytest.mark.parametrize("name", FUNCTIONS)  # max pooling and leaky ReLU too: their masks are constants
 def test_second_order_matches_torch(name):
     "Gradient penalty: d/dx of sum((dL/dx)^2), through a create_graph backward, against torch's double backward."
-    ours, theirs, xs = spec(name)
-    weight = torch.randn(theirs(*xs).shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    vs = [Variable(x.clone()) for x in xs]
-    (tanh(ours(*vs)) * weight).sum().backward(create_graph=True)
-    penalty = sum(((v.grad * v.grad).sum() for v in vs[1:]), (vs[0].grad * vs[0].grad).sum())
-    for v in vs: v.cleargrad()
-    penalty.backward()
-    ts = [x.clone().requires_grad_() for x in xs]
-    grads = torch.autograd.grad((torch.tanh(theirs(*ts)) * weight).sum(), ts, create_graph=True)
-    torch_second = torch.autograd.grad(sum((g * g).sum() for g in grads), ts, allow_unused=True)
-    for v, g in zip(vs, torch_second):
-        expected = torch.zeros_like(v.data) if g is None else g
-        got = torch.zeros_like(v.data) if v.grad is None else v.grad.data
-        test_near(got, expected, atol=1e-9, rtol=1e-9)
+    check_second_order(*spec(name))
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
