@@ -1,5 +1,5 @@
 """The oracle checks that every function of our engine passes: lessons 02c (tests/test_autograd.py) and
-19 (tests/test_autograd_functions.py) run it over their tables of functions."""
+19 (tests/test_autograd_functions.py) run them over their tables of functions."""
 import torch
 from exp.autograd import Variable, numerical_grad, tanh
 from exp.testing import test_eq, test_near
