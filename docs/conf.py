@@ -49,7 +49,8 @@ def tour_table(staged):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     tour = re.search(r"^## A tour\n\s*((?:\|.*\|\n)+)", readme, flags=re.M)
     if tour is None:
-        raise RuntimeError("README.md needs a '## A tour' section that starts with a table: the landing page shows it")
+        raise RuntimeError("README.md needs a '## A tour' section that starts with a table: "
+                           "the landing page shows it")
 
     def link(match):
         name = match.group(1)
