@@ -5,7 +5,8 @@ training throughput against the same architecture built from PyTorch's modules.
     python benchmarks/gpt.py nanogpt [--iters 2000] [--threads 2]      # (a) nanoGPT's CPU recipe, our code
     python benchmarks/gpt.py tuned [--minutes 5] [--threads 2]         # (b) our recipe: bfloat16, one-cycle
     python benchmarks/gpt.py throughput [--rounds 7] [--steps 5]       # (c) ours vs TorchGPT, tokens/s
-    add --no-write to print without appending to benchmarks/results/gpt.md
+    python benchmarks/gpt.py throughput --device cuda                   # any part, on a GPU
+    add --no-write to print without appending to benchmarks/results/gpt.md, --out FILE to append elsewhere
 
 (a) nanoGPT's README trains `config/train_shakespeare_char.py` on a laptop CPU with `--device=cpu
 --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4
@@ -23,6 +24,10 @@ TorchGPT (nn.Embedding, nn.TransformerEncoderLayer(norm_first=True, activation="
 tied nn.Linear) with the same weights and batch, interleaved (A B A B, alternating who goes first), in
 float32 and under bfloat16 autocast; medians of tokens/s and of the per-round ratios.
 
+With `--device cuda` the models, batches and loss estimates live on the GPU, autocast is CUDA's (still
+bfloat16), and every clock is read after `torch.cuda.synchronize()`; without a GPU it stops at once with exit
+status 2.
+
 Each run appends a section to benchmarks/results/gpt.md with the command line, the machine and the load
 average (this machine is shared: read the ratios, measured in the same run, before the absolute times).
 """
@@ -37,15 +42,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import add_device_argument, clock, device_label, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from exp.data import load_tinyshakespeare  # noqa: E402
-from exp.learner import Callback, CancelFitException, DataLoaders, Learner  # noqa: E402
+from exp.learner import Callback, CancelFitException, Learner  # noqa: E402
 from exp.mixed_precision import MixedPrecision  # noqa: E402
 from exp.optimizers import AdamW  # noqa: E402
 from exp.rnn import CharVocab, sequence_loss  # noqa: E402
 from exp.schedule import ParamScheduler, combine_scheds, one_cycle, sched_cos, sched_lin, set_hyper  # noqa: E402
+from exp.training import DataLoaders  # noqa: E402
 from exp.transformer import GPT, GradientClipping, RandomWindows, torch_twin  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "gpt.md"
@@ -74,14 +81,16 @@ def adamw_groups(model, lr, weight_decay, betas):
 
 @torch.no_grad()
 def estimate_loss(model, data, block_size, batch_size, n_batches, seed, bf16=False):
-    "nanoGPT's estimate: the mean loss over `n_batches` random batches, in eval mode."
+    "nanoGPT's estimate: the mean loss over `n_batches` random batches, in eval mode (read once, at the end)."
     model.eval()
+    device = next(model.parameters()).device
     losses = []
     for x, y in RandomWindows(data, block_size, batch_size, n_batches, seed=seed, resample=False):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
-        losses.append(sequence_loss(logits.float(), y).item())
-    return sum(losses) / len(losses)
+        losses.append(sequence_loss(logits.float(), y))
+    return torch.stack(losses).mean().item()
 
 
 class ClockSchedule(Callback):
@@ -96,7 +105,7 @@ class ClockSchedule(Callback):
         for group in self.learn.opt.param_groups: set_hyper(group, "lr", self.schedule(pos))
 
 
-def train(config, iters, schedule, bf16=False, budget_seconds=None, eval_iters=200, seed=0):
+def train(config, iters, schedule, bf16=False, budget_seconds=None, eval_iters=200, seed=0, device="cpu"):
     "Train a GPT with our Learner; return the model, the number of steps, the training seconds, the losses."
     vocab, train_data, valid_data = shakespeare_splits()
     torch.manual_seed(seed)
@@ -109,51 +118,55 @@ def train(config, iters, schedule, bf16=False, budget_seconds=None, eval_iters=2
            GradientClipping(1.0)]
     if bf16: cbs.append(MixedPrecision(torch.bfloat16))
     learn = Learner(model, DataLoaders(windows, None), loss_func=sequence_loss, lr=config["lr"],
-                    opt_func=opt_func, cbs=cbs, logger=None)
-    start, cpu_start = time.perf_counter(), time.process_time()
+                    opt_func=opt_func, cbs=cbs, logger=None, device=device)
+    start, cpu_start = clock(device), time.process_time()
     learn.fit(1)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    seconds, cpu_seconds = clock(device) - start, time.process_time() - cpu_start
     steps = learn.train_iter
-    start = time.perf_counter()
+    start = clock(device)
     splits = (("train", train_data, 1), ("valid", valid_data, 2))
     losses = {split: estimate_loss(model, data, config["block_size"], 12, eval_iters, split_seed, bf16)
               for split, data, split_seed in splits}
-    eval_seconds = time.perf_counter() - start
+    eval_seconds = clock(device) - start
     return model, vocab, steps, seconds, cpu_seconds, eval_seconds, losses
 
 
-def machine(threads):
+def machine(threads, device):
     return (f"{platform.machine()}, {os.cpu_count()} cores (shared), {platform.platform()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}, {threads} thread(s)")
+            f"{platform.python_version()}, torch {torch.__version__}, {threads} thread(s), "
+            f"device {device_label(device)}")
 
 
 def write(section, args):
     print(section)
     if args.no_write: return
-    if not RESULTS.exists():
-        RESULTS.write_text("# GPT on tiny Shakespeare: nanoGPT's CPU recipe, a tuned recipe, throughput\n\n"
+    results = Path(args.out)
+    if not results.exists():
+        results.write_text("# GPT on tiny Shakespeare: nanoGPT's CPU recipe, a tuned recipe, throughput\n\n"
                            "Written by `benchmarks/gpt.py`; each section is one run.\n\n", encoding="utf-8")
-    with RESULTS.open("a", encoding="utf-8") as f: f.write(section + "\n")
+    with results.open("a", encoding="utf-8") as f: f.write(section + "\n")
 
 
 def header(title, args, load_before, started):
     return (f"## {title}\n\n`python benchmarks/gpt.py {' '.join(sys.argv[1:])}`, started "
-            f"{started:%Y-%m-%d %H:%M} UTC\n\nMachine: {machine(args.threads)}; load "
+            f"{started:%Y-%m-%d %H:%M} UTC\n\nMachine: {machine(args.threads, args.device)}; load "
             f"average (1, 5, 15 min) before: {', '.join(f'{v:.1f}' for v in load_before)}\n")
 
 
 def sample_text(model, vocab, bf16):
     from exp.transformer import generate
-    prompt = vocab.encode("\n")[None]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = generate(model, prompt, 200, temperature=0.8, generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    prompt = vocab.encode("\n")[None].to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = generate(model, prompt, 200, temperature=0.8,
+                       generator=torch.Generator(device=device).manual_seed(0))
     return vocab.decode(out[0].tolist())
 
 
 def run_training(args, title, config, iters, schedule, bf16, budget_seconds):
     load_before, started = os.getloadavg(), datetime.now(timezone.utc)
-    model, vocab, steps, seconds, cpu_seconds, eval_seconds, losses = train(config, iters, schedule, bf16,
-                                                                            budget_seconds, args.eval_iters)
+    model, vocab, steps, seconds, cpu_seconds, eval_seconds, losses = train(
+        config, iters, schedule, bf16, budget_seconds, args.eval_iters, device=args.device)
     tokens = steps * config["batch_size"] * config["block_size"]
     n_params = sum(p.numel() for p in model.parameters())
     sizes = ", ".join(f"{k}={v}" for k, v in config.items())
@@ -202,18 +215,20 @@ def tuned(args):
 def throughput(args):
     c = NANOGPT
     load_before, started = os.getloadavg(), datetime.now(timezone.utc)
+    device = args.device
     torch.manual_seed(0)
     ours = GPT(65, c["block_size"], c["embed_dim"], c["num_heads"], c["num_layers"])
-    theirs = torch_twin(ours)
-    x = torch.randint(65, (c["batch_size"], c["block_size"]))
-    y = torch.randint(65, (c["batch_size"], c["block_size"]))
+    theirs = torch_twin(ours).to(device)
+    ours = ours.to(device)
+    x = torch.randint(65, (c["batch_size"], c["block_size"]), device=device)
+    y = torch.randint(65, (c["batch_size"], c["block_size"]), device=device)
     tokens = x.numel() * args.steps
 
     def stepper(model, bf16):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         def steps():
             for _ in range(args.steps):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     logits = model(x)
                 F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
                 opt.step()
@@ -228,9 +243,9 @@ def throughput(args):
         for round_ in range(args.rounds):
             order = list(contenders) if round_ % 2 == 0 else list(contenders)[::-1]
             for name in order:
-                start = time.perf_counter()
+                start = clock(device)
                 contenders[name]()
-                rates[name].append(tokens / (time.perf_counter() - start))
+                rates[name].append(tokens / (clock(device) - start))
         ratio = statistics.median(o / t for o, t in zip(rates["ours"], rates["TorchGPT"]))
         medians = [statistics.median(rates[name]) for name in ("ours", "TorchGPT")]
         precision = "bfloat16 autocast" if bf16 else "float32"
@@ -266,7 +281,10 @@ def main():
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None, help="tuned only")
     parser.add_argument("--lr", type=float, default=None, help="tuned: the one-cycle's peak learning rate")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to the results")
+    parser.add_argument("--out", default=str(RESULTS), help="the markdown file each run appends to")
+    add_device_argument(parser)
     args = parser.parse_args()
+    args.device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     if args.iters is None: args.iters = 2000 if args.part == "nanogpt" else 100_000
     {"nanogpt": nanogpt, "tuned": tuned, "throughput": throughput}[args.part](args)

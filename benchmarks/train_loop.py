@@ -3,7 +3,8 @@
 
     python benchmarks/train_loop.py                      # MNIST from ../shared/data when present
     python benchmarks/train_loop.py --dataset digits --runs 7
-    python benchmarks/train_loop.py --device cuda        # the same on a GPU (data on the CPU, moved per batch)
+    python benchmarks/train_loop.py --device cuda        # on a GPU (data on the CPU, moved per batch)
+    python benchmarks/train_loop.py --dataset digits --runs 1 --overhead_runs 1 --only raw learner  # quick
 
 Contenders (same model and initial weights, data order, optimizer, batch size and loss):
   raw          a hand-written PyTorch loop over shuffled in-memory tensors
@@ -16,14 +17,29 @@ interleaved, in a rotating order, after one untimed warm-up round; we quote medi
 of the per-round ratios to `raw`. Then the Learner's own cost per batch, on a linear model (almost no
 compute): fed by our DataLoader, and fed the raw loop's own batches (the Learner alone); then our
 DataLoader against torch's on the same tensors.
+
+With `--device cuda` the models train on the GPU and every clock is read after `torch.cuda.synchronize()`;
+without a GPU it stops at once with exit status 2. Lightning is left out, saying so, where it is not
+installed. Prints a markdown report; `--out FILE` also appends it, with the command line, to FILE.
 """
-import argparse, io, os, platform, statistics, sys, time, contextlib, warnings
+import argparse
+import contextlib
+import io
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _timing import add_device_argument, device_label, resolve_device, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,8 +74,8 @@ def to(x):
 
 
 def now():
-    "Wall-clock and this process's CPU time: on a loaded shared machine the CPU time is the steadier measure."
-    if DEVICE.type == "cuda": torch.cuda.synchronize()
+    "Wall-clock and this process's CPU time (steadier on a loaded machine), once the device's work is done."
+    sync(DEVICE)
     return time.perf_counter(), time.process_time()
 
 def since(start):
@@ -81,7 +97,8 @@ def make_opt(params, lr):
 def accuracy_of(model, x, y, bs=1000):
     "Validation accuracy, computed the same way for every contender (not timed)."
     model.eval()
-    return sum((model(to(x[i:i + bs])).argmax(1) == to(y[i:i + bs])).sum().item() for i in range(0, len(x), bs)) / len(x)
+    correct = sum((model(to(x[i:i + bs])).argmax(1) == to(y[i:i + bs])).sum() for i in range(0, len(x), bs))
+    return correct.item() / len(x)
 
 
 # --- (a) and (b): hand-written loops --------------------------------------------------------------
@@ -94,20 +111,24 @@ def raw_validate(model, batches):
         xb, yb = to(xb), to(yb)
         preds = model(xb)
         total_loss += F.cross_entropy(preds, yb, reduction="sum").item()
-        correct += (preds.argmax(1) == yb).sum().item(); count += len(yb)
+        correct += (preds.argmax(1) == yb).sum().item()
+        count += len(yb)
     return total_loss / count, correct / count
 
 
 def run_raw(data, args):
     x_train, y_train, x_valid, y_valid = data
-    model = args.make_model(args.seed).to(DEVICE); opt = make_opt(model.parameters(), args.lr)
+    model = args.make_model(args.seed).to(DEVICE)
+    opt = make_opt(model.parameters(), args.lr)
     start = now()
     model.train()
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))
     for i in range(0, len(x_train), args.bs):
         idx = order[i:i + args.bs]
         loss = F.cross_entropy(model(to(x_train[idx])), to(y_train[idx]))
-        loss.backward(); opt.step(); opt.zero_grad()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
     vbs = 2 * args.bs  # validation batches twice as large, as in DataLoaders.from_tensors
     raw_validate(model, ((x_valid[i:i + vbs], y_valid[i:i + vbs]) for i in range(0, len(x_valid), vbs)))
     return since(start), model
@@ -124,13 +145,16 @@ def torch_loaders(data, args):
 
 
 def run_raw_torch_dl(data, args):
-    model = args.make_model(args.seed).to(DEVICE); opt = make_opt(model.parameters(), args.lr)
+    model = args.make_model(args.seed).to(DEVICE)
+    opt = make_opt(model.parameters(), args.lr)
     start = now()
     train, valid = torch_loaders(data, args)
     model.train()
     for xb, yb in train:
         loss = F.cross_entropy(model(to(xb)), to(yb))
-        loss.backward(); opt.step(); opt.zero_grad()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
     raw_validate(model, valid)
     return since(start), model
 
@@ -138,24 +162,27 @@ def run_raw_torch_dl(data, args):
 # --- (c) and (d): our Learner -----------------------------------------------------------------------
 
 class RawBatches:
-    "The raw loop's batches (one shuffled permutation, a whole batch indexed at once), as a loader with a length."
+    "The raw loop's batches (one shuffled permutation, a whole batch indexed at once), as a sized loader."
     def __init__(self, x, y, bs, seed=None): self.x, self.y, self.bs, self.seed = x, y, bs, seed
     def __len__(self): return -(-len(self.x) // self.bs)
     def __iter__(self):
-        order = None if self.seed is None else torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.seed))
+        order = None
+        if self.seed is not None:
+            order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.seed))
         for i in range(0, len(self.x), self.bs):
             idx = slice(i, i + self.bs) if order is None else order[i:i + self.bs]
             yield self.x[idx], self.y[idx]
 
 
 def run_learner(data, args, progress=False, raw_batches=False):
-    from exp.learner import Learner, DataLoaders
-    from exp.training import accuracy
+    from exp.learner import Learner
+    from exp.training import DataLoaders, accuracy
     model = args.make_model(args.seed)
     start = now()
     if raw_batches:  # the Learner alone: fed exactly what the raw loop computes on
         x_train, y_train, x_valid, y_valid = data
-        dls = DataLoaders(RawBatches(x_train, y_train, args.bs, args.seed), RawBatches(x_valid, y_valid, 2 * args.bs))
+        dls = DataLoaders(RawBatches(x_train, y_train, args.bs, args.seed),
+                          RawBatches(x_valid, y_valid, 2 * args.bs))
     else: dls = DataLoaders.from_tensors(*data, batch_size=args.bs, seed=args.seed)
     cbs = []
     if progress:
@@ -174,7 +201,10 @@ def run_lightning(data, args):
     import pytorch_lightning as pl
 
     class LitCNN(pl.LightningModule):
-        def __init__(self, model): super().__init__(); self.model = model
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
         def forward(self, x): return self.model(x)
         def training_step(self, batch, batch_idx):
             xb, yb = batch
@@ -182,15 +212,17 @@ def run_lightning(data, args):
         def validation_step(self, batch, batch_idx):
             xb, yb = batch
             preds = self.model(xb)
-            self.log_dict({"valid_loss": F.cross_entropy(preds, yb), "accuracy": (preds.argmax(1) == yb).float().mean()},
-                          batch_size=len(yb))
+            self.log_dict({"valid_loss": F.cross_entropy(preds, yb),
+                           "accuracy": (preds.argmax(1) == yb).float().mean()}, batch_size=len(yb))
         def configure_optimizers(self): return make_opt(self.parameters(), args.lr)
 
     model = args.make_model(args.seed)
     start = now()
     train, valid = torch_loaders(data, args)
-    trainer = pl.Trainer(max_epochs=1, accelerator="gpu" if DEVICE.type == "cuda" else "cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+    accelerator, devices = ("gpu", [DEVICE.index or 0]) if DEVICE.type == "cuda" else (DEVICE.type, 1)
+    trainer = pl.Trainer(max_epochs=1, accelerator=accelerator, devices=devices, logger=False,
+                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)
     with contextlib.redirect_stdout(io.StringIO()):  # Lightning's tips
         trainer.fit(LitCNN(model), train, valid)
     return since(start), model
@@ -207,14 +239,18 @@ def bench_epochs(data, args, names):
     cpu_times = {name: [] for name in names}
     accuracy = {}
     warmup = tuple(t[:len(t) // 10] for t in data)
-    for round_ in range(args.runs + 1):  # round 0 warms up on a tenth of the data (imports, allocator, Lightning)
+    # round 0 warms up on a tenth of the data (imports, allocator, Lightning)
+    for round_ in range(args.runs + 1):
         order = names[round_ % len(names):] + names[:round_ % len(names)]
         for name in order:
             (seconds, cpu), model = CONTENDERS[name](data if round_ else warmup, args)
-            if round_: times[name].append(seconds); cpu_times[name].append(cpu)
+            if round_:
+                times[name].append(seconds)
+                cpu_times[name].append(cpu)
             accuracy[name] = accuracy_of(model, data[2], data[3])
-        if round_: print(f"  round {round_}: " + ", ".join(f"{n} {times[n][-1]:.2f}s ({cpu_times[n][-1]:.2f}s cpu)" for n in names),
-                         file=sys.stderr, flush=True)
+        if round_:
+            done = ", ".join(f"{n} {times[n][-1]:.2f}s ({cpu_times[n][-1]:.2f}s cpu)" for n in names)
+            print(f"  round {round_}: {done}", file=sys.stderr, flush=True)
     return times, cpu_times, accuracy
 
 
@@ -223,8 +259,11 @@ OVERHEAD = ["raw", "learner", "learner (raw batches)"]
 
 def bench_overhead(data, args):
     "CPU seconds per epoch of raw vs the Learner on a linear model: the Learner's own cost per batch."
+    def linear_for_data(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(data[0][0].numel(), 10))
     tiny = argparse.Namespace(**{**vars(args), "make_model": make_linear})
-    if data[0].shape[-1] != 28: tiny.make_model = lambda seed: (torch.manual_seed(seed), nn.Sequential(nn.Flatten(), nn.Linear(data[0][0].numel(), 10)))[1]
+    if data[0].shape[-1] != 28: tiny.make_model = linear_for_data
     cpu = {name: [] for name in OVERHEAD}
     for round_ in range(args.overhead_runs + 1):  # round 0 warms up
         for name in OVERHEAD[round_ % 3:] + OVERHEAD[:round_ % 3]:
@@ -237,22 +276,25 @@ def bench_overhead(data, args):
 
 def batches_per_second(make_loader, n_epochs):
     loader = make_loader()
-    start = time.perf_counter(); n = 0
+    start, n = time.perf_counter(), 0
     for _ in range(n_epochs):
-        for xb, yb in loader: n += 1
+        for _batch in loader: n += 1
     return n / (time.perf_counter() - start)
 
 
 def bench_dataloaders(data, args):
-    from torch.utils.data import DataLoader as TorchDL, TensorDataset, BatchSampler, RandomSampler
-    from exp.training import Dataset, DataLoader
+    from torch.utils.data import BatchSampler, RandomSampler, TensorDataset
+    from torch.utils.data import DataLoader as TorchDL
+
+    from exp.training import DataLoader, Dataset
     x, y = data[0], data[1]
     loaders = {
         "ours (shuffled)": lambda: DataLoader(Dataset(x, y), args.bs, shuffle=True, seed=args.seed),
         "torch (shuffled)": lambda: TorchDL(TensorDataset(x, y), batch_size=args.bs, shuffle=True),
         # torch's fast idiom for in-memory tensors: index a whole batch at once
-        "torch, batched sampler": lambda: TorchDL(TensorDataset(x, y), batch_size=None,
-                                                  sampler=BatchSampler(RandomSampler(x), args.bs, drop_last=False)),
+        "torch, batched sampler": lambda: TorchDL(
+            TensorDataset(x, y), batch_size=None,
+            sampler=BatchSampler(RandomSampler(x), args.bs, drop_last=False)),
     }
     rates = {name: [] for name in loaders}
     for round_ in range(args.runs + 1):
@@ -262,7 +304,16 @@ def bench_dataloaders(data, args):
     return rates
 
 
-def main():
+def lightning_missing(names):
+    "Drop Lightning from `names` where it is not installed; a sentence saying so (empty when it is)."
+    if "lightning" not in names: return ""
+    import importlib.util
+    if importlib.util.find_spec("pytorch_lightning") is not None: return ""
+    names.remove("lightning")
+    return "PyTorch Lightning is not installed here: its row is left out (`pip install pytorch-lightning`)."
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
     parser.add_argument("--runs", type=int, default=3, help="timed rounds (after one warm-up round)")
@@ -270,22 +321,32 @@ def main():
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dl_epochs", type=int, default=1, help="epochs per DataLoader measurement")
-    parser.add_argument("--only", nargs="*", default=None, help="a subset of the contenders")
-    parser.add_argument("--skip_epochs", action="store_true", help="only the overhead and DataLoader measurements")
-    parser.add_argument("--overhead_runs", type=int, default=11, help="timed rounds of the linear-model overhead")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps ...: where the models train")
+    parser.add_argument("--only", nargs="*", default=None, choices=EPOCH_CONTENDERS,
+                        help="a subset of the contenders")
+    parser.add_argument("--skip_epochs", action="store_true",
+                        help="only the overhead and DataLoader measurements")
+    parser.add_argument("--overhead_runs", type=int, default=11,
+                        help="timed rounds of the linear-model overhead")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; on a shared 2-core machine 2 threads oversubscribe and swing 20x")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+                        help="torch threads (on a shared 2-core machine 2 threads oversubscribe: 20x swings)")
+    parser.add_argument("--out", default=None, help="also append the report (and command line) to this file")
+    return parser.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     global DEVICE
-    DEVICE = torch.device(args.device)
+    DEVICE = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    import logging; logging.getLogger("pytorch_lightning").setLevel(logging.ERROR); logging.getLogger("lightning").setLevel(logging.ERROR)
+    for name in ("pytorch_lightning", "lightning"): logging.getLogger(name).setLevel(logging.ERROR)
 
     args.make_model = make_cnn
     data = load(args.dataset)
-    names = args.only or EPOCH_CONTENDERS
+    names = list(args.only or EPOCH_CONTENDERS)
+    note = lightning_missing(names)
+    if note: print(note, file=sys.stderr)
     load_before = os.getloadavg()
     if not args.skip_epochs: times, cpu_times, accuracy = bench_epochs(data, args, names)
     overhead = bench_overhead(data, args)
@@ -293,32 +354,55 @@ def main():
     load_after = os.getloadavg()
     n_batches = -(-len(data[0]) // args.bs) + -(-len(data[2]) // (2 * args.bs))
 
-    print(f"# Training loop: one epoch, {args.dataset} ({len(data[0])} train / {len(data[2])} valid images), "
-          f"batch size {args.bs}, SGD(lr={args.lr}, momentum=0.9)\n")
-    print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"device {DEVICE}{f' ({torch.cuda.get_device_name()})' if DEVICE.type == 'cuda' else ''}, "
-          f"Python {platform.python_version()}; median of {args.runs} interleaved rounds after a warm-up round; "
-          f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n")
-    def paired(t, ref): return statistics.median(a / b for a, b in zip(t, ref)) if ref else float("nan")
-    over_us = {name: 1e6 * statistics.median(a - b for a, b in zip(overhead[name], overhead["raw"])) / n_batches
-               for name in OVERHEAD[1:]}
-    if args.skip_epochs:
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report):
+        print(f"# Training loop: one epoch, {args.dataset} ({len(data[0])} train / {len(data[2])} valid "
+              "images), "
+              f"batch size {args.bs}, SGD(lr={args.lr}, momentum=0.9)\n")
+        print(f"`python {shlex.join(['benchmarks/train_loop.py', *sys.argv[1:]])}`, "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+        print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+              f"({torch.get_num_threads()} threads), device {device_label(DEVICE)}, "
+              f"Python {platform.python_version()}; median of {args.runs} interleaved rounds after a warm-up "
+              f"round; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n")
+        if note: print(note + "\n")
+        print_report(args, names, times if not args.skip_epochs else None,
+                     cpu_times if not args.skip_epochs else None, accuracy if not args.skip_epochs else None,
+                     overhead, rates, n_batches, data)
+    print(report.getvalue(), end="")
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as f: f.write(report.getvalue() + "\n")
+
+
+def paired(t, ref): return statistics.median(a / b for a, b in zip(t, ref)) if ref else float("nan")
+
+
+def print_report(args, names, times, cpu_times, accuracy, overhead, rates, n_batches, data):
+    "The epoch table (unless --skip_epochs), the Learner's own cost and the DataLoader table."
+    def over_raw(name): return statistics.median(a - b for a, b in zip(overhead[name], overhead["raw"]))
+    over_us = {name: 1e6 * over_raw(name) / n_batches for name in OVERHEAD[1:]}
+    if times is None:
         return print_overhead(overhead, over_us, n_batches, None)
-    print("| contender | wall s (median) | wall min–max | wall ratio to raw | CPU s (median) | CPU ratio to raw | valid accuracy |")
+    print("| contender | wall s (median) | wall min–max | wall ratio to raw | CPU s (median) "
+          "| CPU ratio to raw | valid accuracy |")
     print("|---|---|---|---|---|---|---|")
     for name in names:
         t, c = times[name], cpu_times[name]
-        print(f"| {name} | {statistics.median(t):.2f} | {min(t):.2f}–{max(t):.2f} | {paired(t, times.get('raw')):.3f} "
-              f"| {statistics.median(c):.2f} | {paired(c, cpu_times.get('raw')):.3f} | {accuracy[name]:.4f} |")
-    print("\nRatios are medians of the per-round ratios (contenders interleaved, rotating order). CPU time is the "
-          "process's user+system time (one torch thread), which waiting for a busy core does not inflate.")
-    print_overhead(overhead, over_us, n_batches, statistics.median(cpu_times["raw"]) / n_batches if "raw" in cpu_times else None)
+        print(f"| {name} | {statistics.median(t):.2f} | {min(t):.2f}–{max(t):.2f} | "
+              f"{paired(t, times.get('raw')):.3f} | {statistics.median(c):.2f} | "
+              f"{paired(c, cpu_times.get('raw')):.3f} | {accuracy[name]:.4f} |")
+    print("\nRatios are medians of the per-round ratios (contenders interleaved, rotating order). "
+          "CPU time is the process's user+system time (one torch thread), which waiting for a busy core "
+          "does not inflate.")
+    cnn_batch_s = statistics.median(cpu_times["raw"]) / n_batches if "raw" in cpu_times else None
+    print_overhead(overhead, over_us, n_batches, cnn_batch_s)
     print(f"\n## DataLoader on in-memory tensors ({len(data[0])} images, batch size {args.bs})\n")
     print("| loader | batches/s (median) | ours is × faster (median of paired) |")
     print("|---|---|---|")
     ours = rates["ours (shuffled)"]
     for name, r in rates.items():
-        print(f"| {name} | {statistics.median(r):.0f} | {statistics.median(a / b for a, b in zip(ours, r)):.2f} |")
+        ratio = statistics.median(a / b for a, b in zip(ours, r))
+        print(f"| {name} | {statistics.median(r):.0f} | {ratio:.2f} |")
 
 
 def print_overhead(overhead, over_us, n_batches, cnn_batch_s):
@@ -333,11 +417,14 @@ def print_overhead(overhead, over_us, n_batches, cnn_batch_s):
         print(f"| {name} | {statistics.median(overhead[name]):.3f} | {min(overhead[name]):.3f} | "
               f"{over_us.get(name, 0):.0f} | {best_us[name]:.0f} |")
     own = over_us["learner (raw batches)"]
-    print(f"\nThe Learner alone (callbacks, metrics on every batch, loss check, device placement), fed the raw loop's "
-          f"batches, adds {own:.0f} µs per batch (fastest rounds: {best_us['learner (raw batches)']:.0f} µs); "
-          f"with our DataLoader, {over_us['learner']:.0f} µs"
-          + (f", {100 * over_us['learner'] * 1e-6 / cnn_batch_s:.1f}% of the CNN's {1e3 * cnn_batch_s:.2f} ms per batch."
-             if cnn_batch_s else "."))
+    share = ""
+    if cnn_batch_s:
+        share = (f", {100 * over_us['learner'] * 1e-6 / cnn_batch_s:.1f}% of the CNN's "
+                 f"{1e3 * cnn_batch_s:.2f} ms per batch")
+    best = best_us["learner (raw batches)"]
+    print("\nThe Learner alone (callbacks, metrics on every batch, loss check, device placement), fed the "
+          f"raw loop's batches, adds {own:.0f} µs per batch (fastest rounds: {best:.0f} µs); "
+          f"with our DataLoader, {over_us['learner']:.0f} µs{share}.")
 
 
 if __name__ == "__main__":
