@@ -3,7 +3,7 @@
 
     python benchmarks/attention.py [--lengths 128,256,512,1024,2048] [--dtypes float32,bfloat16]
                                    [--rounds 5] [--embed 256] [--heads 4] [--batch 1] [--threads 1]
-                                   [--output benchmarks/results/attention.md]
+                                   [--output benchmarks/results/attention.md] [--device cpu|cuda]
 
 Two pairs, each timed for one training step (forward, then backward of a fixed output gradient), causal:
   attention  exp.attention.scaled_dot_product_attention (scores materialised, (L, L) per head)
@@ -24,15 +24,28 @@ each step's peak resident memory: it resets Linux's high-water mark (writing 5 t
 /proc/self/clear_refs), runs one step after a warm-up, and reports VmHWM minus the VmRSS before the
 step, with glibc's mmap threshold fixed at 64 kB (MALLOC_MMAP_THRESHOLD_) so freed tensors go back to
 the system instead of hiding in the heap. That is the memory the step needs beyond its inputs and
-weights: activations kept for backward, temporaries, gradients. Linux only.
+weights: activations kept for backward, temporaries, gradients. Linux only. On a GPU (`--device cuda`)
+the peak is CUDA's own count instead, in this process: `torch.cuda.max_memory_allocated()` during one step
+minus `torch.cuda.memory_allocated()` before it; and every clock is read after `torch.cuda.synchronize()`.
+Without a GPU, `--device cuda` stops at once with exit status 2.
 
 Appends a markdown section (command line, machine, load average before and after) to --output.
 """
-import argparse, json, os, platform, re, shlex, statistics, subprocess, sys, time
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import add_device_argument, device_label, resolve_device, sync
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,19 +83,20 @@ def block_from_torch(layer):
     return ours
 
 
-def make_steps(length, dtype, embed, heads, batch):
+def make_steps(length, dtype, embed, heads, batch, device="cpu"):
     "One training step per contender (closures), and a forward per contender for the equality check."
     torch.manual_seed(0)
     head_dim = embed // heads
-    qkv = [torch.randn(batch, heads, length, head_dim).to(dtype).requires_grad_() for _ in range(3)]
-    grad_heads = torch.randn(batch, heads, length, head_dim).to(dtype)
+    def randn(*shape): return torch.randn(*shape, device=device).to(dtype)
+    qkv = [randn(batch, heads, length, head_dim).requires_grad_() for _ in range(3)]
+    grad_heads = randn(batch, heads, length, head_dim)
     layer = nn.TransformerEncoderLayer(embed, heads, 4 * embed, dropout=0.0, activation="gelu",
                                        batch_first=True, norm_first=True)
-    ours_block = block_from_torch(layer).to(dtype)
-    layer = layer.to(dtype)
-    x = torch.randn(batch, length, embed).to(dtype).requires_grad_()
-    grad_x = torch.randn(batch, length, embed).to(dtype)
-    causal = nn.Transformer.generate_square_subsequent_mask(length, dtype=dtype)
+    ours_block = block_from_torch(layer).to(device, dtype)
+    layer = layer.to(device, dtype)
+    x = randn(batch, length, embed).requires_grad_()
+    grad_x = randn(batch, length, embed)
+    causal = nn.Transformer.generate_square_subsequent_mask(length, device=device, dtype=dtype)
 
     forwards = {
         "ours attention": lambda: scaled_dot_product_attention(*qkv, is_causal=True),
@@ -113,15 +127,17 @@ def check_equal(forwards, dtype):
             assert error < limit, f"{ours} vs {theirs}: max error {error}"
 
 
-def timed(step, inner):
-    "Wall-clock and process CPU seconds per step, over `inner` steps."
+def timed(step, inner, device="cpu"):
+    "Wall-clock and process CPU seconds per step, over `inner` steps, the device's work included."
+    sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(inner): step()
+    sync(device)
     return (time.perf_counter() - wall) / inner, (time.process_time() - cpu) / inner
 
 
 def measure_time(length, dtype, args):
-    steps, forwards = make_steps(length, dtype, args.embed, args.heads, args.batch)
+    steps, forwards = make_steps(length, dtype, args.embed, args.heads, args.batch, args.device)
     check_equal(forwards, dtype)
     for step in steps.values(): step()          # warm-up
     inner = max(1, 1024 // length)
@@ -129,7 +145,7 @@ def measure_time(length, dtype, args):
     results = {name: [] for name in CONTENDERS}
     for r in range(rounds):
         for name in CONTENDERS[r % 4:] + CONTENDERS[:r % 4]:
-            results[name].append(timed(steps[name], inner))
+            results[name].append(timed(steps[name], inner, args.device))
     return results, rounds, inner
 
 
@@ -147,19 +163,40 @@ def peak_memory(step):
     return proc_status("VmHWM") - before
 
 
-def memory_worker(args):
-    torch.set_num_threads(args.threads)
-    peaks = {}
+def peak_cuda_memory(step, device):
+    "Bytes above those allocated at the start that one step needed at its peak, by CUDA's allocator's count."
+    step()
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    step()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def peaks(args):
+    "Peak bytes per 'dtype length contender'."
+    result = {}
     for dtype_name in args.dtypes:
         for length in args.lengths:
             for name in CONTENDERS:
-                steps, _ = make_steps(length, getattr(torch, dtype_name), args.embed, args.heads, args.batch)
-                peaks[f"{dtype_name} {length} {name}"] = peak_memory(steps[name])
+                steps, _ = make_steps(length, getattr(torch, dtype_name), args.embed, args.heads, args.batch,
+                                      args.device)
+                on_cuda = args.device.type == "cuda"
+                step = steps[name]
+                result[f"{dtype_name} {length} {name}"] = (peak_cuda_memory(step, args.device) if on_cuda
+                                                           else peak_memory(step))
                 del steps
-    print(json.dumps(peaks))
+    return result
 
 
-def measure_memory(argv):
+def memory_worker(args):
+    torch.set_num_threads(args.threads)
+    print(json.dumps(peaks(args)))
+
+
+def measure_memory(argv, args):
+    if args.device.type == "cuda": return peaks(args)  # CUDA counts its own allocations: no worker needed
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, __file__, "--memory-worker", *argv], env=env, capture_output=True,
                          text=True, check=True)
@@ -172,14 +209,15 @@ def median(values): return statistics.median(values)
 
 def machine_line(args):
     return (f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), {platform.platform()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, {args.threads} torch thread(s)")
+            f"Python {platform.python_version()}, torch {torch.__version__}, {args.threads} torch thread(s), "
+            f"device {device_label(args.device)}")
 
 
 def main(args, argv):
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    memory = measure_memory(argv)
+    memory = measure_memory(argv, args)
     rows = {pair: [] for pair in PAIRS}
     for dtype_name in args.dtypes:
         for length in args.lengths:
@@ -206,7 +244,8 @@ def main(args, argv):
               (f"Sizes: batch {args.batch}, embed {args.embed}, {args.heads} heads of "
                f"{args.embed // args.heads}, MLP {4 * args.embed}; causal; one training step (forward + "
                "backward). Ratios: ours / PyTorch's, medians of per-round ratios (< 1: ours is faster); "
-               "peak = memory the step needs above its inputs and weights (see the script's docstring)."), "",
+               "peak = memory the step needs above its inputs and weights (see the script's docstring"
+               + ("; on the GPU, by CUDA's allocator's count)." if args.device.type == "cuda" else ").")), "",
               "### Attention: exp.attention.scaled_dot_product_attention vs F.scaled_dot_product_attention",
               "",
               header, *rows["attention"], "",
@@ -233,8 +272,11 @@ def parse(argv):
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 suits a shared 2-core machine)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "attention.md"))
+    add_device_argument(parser)
     parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.device = resolve_device(args.device)
+    return args
 
 
 if __name__ == "__main__":

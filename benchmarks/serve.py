@@ -3,7 +3,7 @@
 
     python benchmarks/serve.py [--requests 2000] [--concurrency 32] [--rounds 4] [--models cnn mlp]
                                [--width 4096] [--max-wait-ms 5] [--bad-fraction 0.1]
-                               [--out benchmarks/results/serve.md]
+                               [--out benchmarks/results/serve.md] [--device cpu|cuda]
 
 For each model, two servers run at once: batched (`--max-batch 32 --max-wait-ms 5`) and one at a time
 (`--max-batch 1`). `--concurrency` clients (asyncio connections kept open, each posting one PNG after
@@ -25,12 +25,29 @@ Models (random weights: the time of a forward pass does not depend on their valu
 The client is ~20 lines of HTTP/1.1 on asyncio streams: httpx spends more CPU per request than the
 server does. Client and servers share the machine's cores: these are loopback figures, not a
 production server's. Appends a markdown report (command line, machine, load average) to --out.
+
+`--device` is accepted like every benchmark's (and `cuda` stops at once, exit status 2, without a GPU), but
+the server runs onnxruntime's CPUExecutionProvider whatever the device: on a GPU machine this measures its
+CPU serving, and the report says so.
 """
-import argparse, asyncio, json, os, platform, shlex, socket, statistics, subprocess, sys, tempfile, time
-import urllib.request, warnings
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
+from _timing import add_device_argument, resolve_device, stays_on_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,6 +57,7 @@ def build_model(name, width, folder):
     "The model `name`, exported to ONNX in `folder`, and 64 validation digits as PNG files."
     import torch
     from torch import nn
+
     from exp.conv import get_cnn_model, init_cnn
     from exp.data import get_data, image_size
     from exp.deploy import export_onnx, model_info, save_image
@@ -247,7 +265,10 @@ def model_report(name, args, folder, side):
 
 
 def machine(load_before):
-    import onnxruntime, starlette, torch, uvicorn
+    import onnxruntime
+    import starlette
+    import torch
+    import uvicorn
     return (f"Machine: {platform.machine()} {os.cpu_count()}-core CPU ({platform.platform()}), load average "
             f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after; "
             f"Python {platform.python_version()}, "
@@ -273,7 +294,9 @@ def main(args):
             lines += model_lines
             problems += model_problems
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    report = "\n".join([f"## {when}: `{command}`", "", machine(load_before), "", *lines]) + "\n"
+    note = stays_on_cpu("The server (exp.deploy, onnxruntime's CPUExecutionProvider)", args.device)
+    notes = [note, ""] if note else []
+    report = "\n".join([f"## {when}: `{command}`", "", machine(load_before), "", *notes, *lines]) + "\n"
     out = Path(args.out)
     new_file = not out.exists()
     with out.open("a", encoding="utf-8") as f: f.write(HEADER + report if new_file else report)
@@ -293,4 +316,9 @@ if __name__ == "__main__":
     parser.add_argument("--max-wait-ms", type=float, default=5)
     parser.add_argument("--bad-fraction", type=float, default=0.1)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.md"))
-    main(parser.parse_args())
+    add_device_argument(parser)
+    args = parser.parse_args()
+    args.device = resolve_device(args.device)
+    note = stays_on_cpu("The server (exp.deploy, onnxruntime's CPUExecutionProvider)", args.device)
+    if note: print(note, flush=True)
+    main(args)

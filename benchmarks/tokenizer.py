@@ -2,7 +2,7 @@
 """Our byte-level BPE (exp.tokenizer) vs Hugging Face `tokenizers`: training time and encoding speed.
 
     python benchmarks/tokenizer.py [--rounds 7] [--vocab-sizes 512 1000] [--encode-vocab 1000]
-                                   [--results benchmarks/results/tokenizer.md]
+                                   [--results benchmarks/results/tokenizer.md] [--device cpu|cuda]
 
 Both train GPT-2's byte-level BPE (the same split regex, no prefix space, the 256 bytes as the initial
 alphabet, ids = 256 bytes + merges + one special token) on the first 90% of tiny Shakespeare
@@ -20,9 +20,23 @@ process CPU time over the rounds, and the median of the per-round ratios ours / 
 slower). Each worker also reports its tokens per character on the held-out 10% (the two must agree
 within a few percent) so the timings compare tokenizers that do the same job. The markdown report,
 with the command line, the machine and the load average, is printed and appended to `--results`.
+
+`--device` is accepted like every benchmark's (and `cuda` stops at once, exit status 2, without a GPU), but
+both tokenizers are CPU code: on a GPU machine this measures its CPU, and the report says so.
 """
-import argparse, importlib.metadata, json, os, platform, shlex, statistics, subprocess, sys, time
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+from _timing import add_device_argument, resolve_device, stays_on_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 EOT = "<|endoftext|>"
@@ -126,7 +140,7 @@ def table(times, workloads, value):
     return lines
 
 
-def main(rounds, vocab_sizes, encode_vocab, results):
+def main(rounds, vocab_sizes, encode_vocab, results, device="cpu"):
     load_before = os.getloadavg()
     workers = {name: Worker(name, encode_vocab) for name in CONTENDERS}
     requests = {f"train {size}": ["train", size] for size in vocab_sizes}
@@ -140,7 +154,9 @@ def main(rounds, vocab_sizes, encode_vocab, results):
     finally:
         for w in workers.values(): w.close()
     load_after = os.getloadavg()
+    note = stays_on_cpu("Tokenization (ours and Hugging Face's)", device)
     report = "\n".join(header_lines(rounds, vocab_sizes, encode_vocab, workers, load_before, load_after) +
+                       ([note, ""] if note else []) +
                        ["Wall-clock seconds:", ""] + table(times, list(requests), lambda t: t[0]) +
                        ["", "Process CPU seconds (all of a process's threads):", ""] +
                        table(times, list(requests), lambda t: t[1]) +
@@ -190,6 +206,8 @@ if __name__ == "__main__":
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "tokenizer.md"),
                         help="markdown file the report is appended to ('' to only print it)")
     parser.add_argument("--worker", choices=CONTENDERS)
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = resolve_device(args.device)
     if args.worker: worker(args.worker, args.encode_vocab)
-    else: main(args.rounds, args.vocab_sizes, args.encode_vocab, args.results)
+    else: main(args.rounds, args.vocab_sizes, args.encode_vocab, args.results, device)
