@@ -35,7 +35,7 @@ class MixedPrecision(Callback):
         self.scaler = torch.amp.GradScaler(self.device_type, init_scale=self.init_scale,
                                            growth_interval=self.growth_interval,
                                            enabled=self.fit_dtype == torch.float16)
-        self.real_opt, self.learn.opt = self.learn.opt, ScaledOptimizer(self.learn.opt, self.scaler)
+        self.learn.set_for_fit(opt=ScaledOptimizer(self.learn.opt, self.scaler))  # the fit puts it back
         self.scales, self.skipped = [], 0
 
     def before_batch(self):
@@ -64,4 +64,3 @@ class MixedPrecision(Callback):
     def after_batch(self): self._leave_autocast()  # also when a batch was cancelled or failed mid-way
     def cleanup_fit(self):
         self._leave_autocast()
-        if isinstance(self.learn.opt, ScaledOptimizer): self.learn.opt = self.real_opt

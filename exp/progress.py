@@ -25,9 +25,9 @@ class ProgressCallback(Callback):
 
     def before_fit(self):
         learn = self.learn
-        self.saved_logger, self.mbar = learn.logger, None
+        self.mbar = None
         self.use_bars = self.show and (interactive() if self.bars is None else self.bars)
-        if not self.show or self.use_bars: learn.logger = None  # we write the rows ourselves (or nothing)
+        if not self.show or self.use_bars: learn.set_for_fit(logger=None)  # we write the rows ourselves (or none)
         self.losses, self.pending, self.valid_at, self.valid_losses = [], [], [], []
         self.header_written = False
         if self.use_bars:
@@ -70,5 +70,3 @@ class ProgressCallback(Callback):
 
     def after_fit(self):
         if self.mbar: self.mbar.on_iter_end()
-
-    def cleanup_fit(self): self.learn.logger = self.saved_logger

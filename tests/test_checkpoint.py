@@ -8,7 +8,8 @@ from torch import nn
 
 from exp.checkpoint import (CheckpointCallback, CheckpointError, atomic_save, get_rng_states, load_checkpoint,
                             read_checkpoint, save_checkpoint, set_rng_states)
-from exp.learner import Callback, DataLoaders, Learner, accuracy, set_seed
+from exp.learner import Callback, Learner
+from exp.training import accuracy, DataLoaders, set_seed
 from exp.schedule import ParamScheduler, sched_cos
 
 

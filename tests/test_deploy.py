@@ -9,7 +9,7 @@ import torch
 from exp.conv import get_cnn_model, init_cnn
 from exp.deploy import (DeployError, export_onnx, export_torchscript, load_exported, model_info, predict_files,
                         read_image, save_image)
-from exp.learner import set_seed
+from exp.training import set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("onnx")

@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
 from exp.distributed import DistributedCallback, default_backend, is_main_process, rank, shard_loader, world_size
-from exp.learner import Callback, DataLoader, DataLoaders, Learner, set_seed
+from exp.learner import Callback, Learner
+from exp.training import DataLoader, DataLoaders, set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -45,7 +45,8 @@ def test_append_stats_records_means_stds_histograms():
     test_near(frac[1], (out.abs() < 0.25).float().mean(), atol=1e-6)
 
 def test_activation_stats_callback_with_learner():
-    from exp.learner import Learner, DataLoaders
+    from exp.learner import Learner
+    from exp.training import DataLoaders
     import torch.nn.functional as F
     m = model()
     x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))

@@ -2,13 +2,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 import torch.utils.data
+from torch import nn
 
-from exp.learner import *  # what users do: it must give everything a fit needs
-from exp.learner import EVENTS, MetricsCallback, NonFiniteLossError, snake_case
-from exp.training import Optimizer
 from exp.data import load_digits
+from exp.learner import *  # what users do: with exp.training's names, everything a fit needs
+from exp.learner import EVENTS, MetricsCallback, NonFiniteLossError, snake_case
+from exp.training import *
+from exp.training import Optimizer
 
 
 @pytest.fixture(scope="module")

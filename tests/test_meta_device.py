@@ -138,7 +138,8 @@ def test_batch_augment_on_meta():
 
 # --- the Learner and the callbacks that move things between devices ---------------------------------
 
-from exp.learner import Learner, DataLoaders, Callback, accuracy
+from exp.learner import Callback, Learner
+from exp.training import accuracy, DataLoaders
 
 
 def digit_dls(n_train=60, n_valid=30, batch_size=20, images=False):

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from exp.learner import Learner, DataLoaders, Callback
+from exp.learner import Callback, Learner
+from exp.training import DataLoaders
 from exp.optimizers import SGD, AdamW
 from exp.mixed_precision import MixedPrecision, ScaledOptimizer, autocast_dtype
 

@@ -163,7 +163,8 @@ def test_param_groups_split_norm_and_bias():
 def partial_adamw(params, **hypers): return AdamW(params, weight_decay=0.1, **hypers)
 
 def test_learner_with_our_optimizer_equals_torch():
-    from exp.learner import Learner, DataLoaders
+    from exp.learner import Learner
+    from exp.training import DataLoaders
     from exp.param_groups import with_param_groups
     x, y = torch.rand(96, 64), torch.randint(0, 10, (96,))
     def run(opt_func):

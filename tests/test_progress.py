@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 import fastprogress.fastprogress as fp
 
-from exp.learner import Learner, DataLoaders, accuracy, print_stats
+from exp.learner import Learner, print_stats
+from exp.training import accuracy, DataLoaders
 from exp.progress import ProgressCallback
 from exp.schedule import EarlyStopping
 

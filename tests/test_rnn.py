@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from exp.learner import Callback, DataLoaders, Learner
+from exp.learner import Callback, Learner
+from exp.training import DataLoaders
 from exp.rnn import (GRU, LSTM, RNN, GRUCell, LSTMCell, ResetStateCallback, RNNCell, SequenceLoader, Stateful,
                      copy_from_torch, copy_to_torch, detach_state, from_torch, graph_size, lstm_step,
                      sequence_loss, torch_parameter_name, CharVocab, CharModel, sample)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from exp.schedule import (sched_lin, sched_cos, sched_exp, sched_no, combine_scheds, one_cycle, get_hyper,
                           ParamScheduler, Recorder, LRFinder, lr_find, SaveBestModel, EarlyStopping)
-from exp.learner import Learner, DataLoaders, Callback
+from exp.learner import Callback, Learner
+from exp.training import DataLoaders
 from exp.testing import test_near, test_eq
 
 
@@ -224,7 +225,7 @@ def test_save_best_model_keeps_the_best_weights(tmp_path):
     for k, v in snaps.states[1].items(): assert torch.equal(on_disk[k], v)
 
 def test_save_best_model_without_restore_and_max_mode():
-    from exp.learner import accuracy
+    from exp.training import accuracy
     learn = Learner(make_model(), make_dls(), lr=0.1, metrics=[accuracy], logger=None)
     best = SaveBestModel("valid_accuracy", restore=False)
     learn.fit(3, cbs=[best])

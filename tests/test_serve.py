@@ -8,7 +8,7 @@ import torch
 
 from exp.conv import get_cnn_model, init_cnn
 from exp.deploy import export_onnx, export_torchscript, load_exported, model_info, predict_files, save_image
-from exp.learner import set_seed
+from exp.training import set_seed
 from exp.serve import Batcher, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,12 +47,12 @@ def free_port():
 
 
 class Server:
-    "`python -m exp.deploy serve MODEL ...` in a subprocess on a free loopback port."
+    "`python -m exp.serve MODEL ...` in a subprocess on a free loopback port."
     def __init__(self, model, *options, log):
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = log
         port = self.url.rsplit(":", 1)[1]
-        command = [sys.executable, "-m", "exp.deploy", "serve", str(model), "--port", port, *options]
+        command = [sys.executable, "-m", "exp.serve", str(model), "--port", port, *options]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -197,7 +197,7 @@ def test_sigterm_answers_the_request_in_flight_and_exits_0(exported):
 @pytest.mark.slow
 def test_cli_errors_name_the_problem(tmp_path):
     def serve(*args):
-        return subprocess.run([sys.executable, "-m", "exp.deploy", "serve", *map(str, args)], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "exp.serve", *map(str, args)], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
     missing = serve(tmp_path / "none.onnx")
     assert missing.returncode == 1 and "none.onnx" in missing.stderr and "does not exist" in missing.stderr
@@ -205,7 +205,7 @@ def test_cli_errors_name_the_problem(tmp_path):
 
 @pytest.mark.slow
 def test_cli_rejects_an_empty_batch(exported):
-    command = [sys.executable, "-m", "exp.deploy", "serve", str(exported[0]), "--max-batch", "0"]
+    command = [sys.executable, "-m", "exp.serve", str(exported[0]), "--max-batch", "0"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "max_batch=0" in result.stderr
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from exp.data import load_digits
-from exp.learner import DataLoader, DataLoaders, Dataset, Learner, accuracy
+from exp.learner import Learner
+from exp.training import accuracy, DataLoader, DataLoaders, Dataset
 from exp.optimizers import AdamW
 from exp.param_groups import NORM_TYPES
 from exp.resnet import xresnet_small

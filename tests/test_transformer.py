@@ -7,7 +7,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from exp.attention import causal_mask, copy_to_torch
-from exp.learner import DataLoaders, Learner
+from exp.learner import Learner
+from exp.training import DataLoaders
 from exp.optimizers import AdamW
 from exp.rnn import sequence_loss
 from exp.schedule import ParamScheduler, one_cycle

@@ -35,12 +35,12 @@ class Expect:
 # non-export cells call matplotlib, a bar when they use fastprogress); list it to be exact.
 EXPECTATIONS = {
     "00_exports": Expect(),
-    "00a_data": Expect(images=1),
+    "00c_data": Expect(images=1),
     "01_matmul": Expect(images=1),
     "09c_progress": Expect(images=1, progress=True),
 }
 # Run by default (all of nbs/ takes longer than five minutes on 2 shared cores; see the timings).
-DEFAULT_NOTEBOOKS = ["00_exports", "00a_data", "01_matmul", "09c_progress"]
+DEFAULT_NOTEBOOKS = ["00_exports", "00c_data", "01_matmul", "09c_progress"]
 
 
 def selected_notebooks():
