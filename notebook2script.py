@@ -160,13 +160,16 @@ def relative_to(path, root):
 
 
 def package_writer(files, lib_path):
-    "`write_atomically(path, data)` from the package's writer module, run from the text we are about to write."
-    path = Path(lib_path) / f"{WRITER_MODULE}.py"
-    text = files.get(path) or (path.read_text(encoding="utf-8") if path.exists() else None)
-    if text is None: raise ExportError(f"no notebook exports the module {WRITER_MODULE!r}, which writes the files")
-    namespace = {"__name__": f"_{WRITER_MODULE}"}
-    exec(compile(text, str(path), "exec"), namespace)
-    return namespace["write_atomically"]
+    """`write_atomically(path, data)` of the package's writer module, `exp/atomic.py` (lesson 00b): taken from the
+    text about to be written, else from the module on disk (that of this project for a package without one)."""
+    candidates = [Path(lib_path) / f"{WRITER_MODULE}.py", PROJECT_ROOT / "exp" / f"{WRITER_MODULE}.py"]
+    for path in candidates:
+        text = files.get(path) or (path.read_text(encoding="utf-8") if path.exists() else None)
+        if text is None: continue
+        namespace = {"__name__": f"_{WRITER_MODULE}"}
+        exec(compile(text, str(path), "exec"), namespace)
+        return namespace["write_atomically"]
+    raise ExportError(f"no notebook exports the module {WRITER_MODULE!r}, whose write_atomically writes the files")
 
 
 def is_generated(path):
