@@ -13,13 +13,15 @@
 # Without a GPU (no nvidia-smi, or a torch that sees no CUDA device) it says so and exits with status 2.
 # A failing step is recorded and the run goes on; the exit status is 1 when any step failed.
 # Environment: GPU_DATASET (mnist or digits: default mnist when its files are on this machine, else
-# digits), GPU_STEP_TIMEOUT (seconds a step may run, default 300), PYTHON (default python), GPU_DRY_RUN=1
+# digits), GPU_STEP_TIMEOUT (seconds a benchmark may run, default 300; the notebooks together:
+# GPU_NOTEBOOKS_TIMEOUT, default 420), PYTHON (default python), GPU_DRY_RUN=1
 # (no GPU checks, --device cpu, results in GPU_OUT or a new temporary folder: it tests this script only).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python}
 STEP_TIMEOUT=${GPU_STEP_TIMEOUT:-300}
+NOTEBOOKS_TIMEOUT=${GPU_NOTEBOOKS_TIMEOUT:-420}
 STEPS=(notebooks matmul train_loop ddp_train gpt_throughput gpt_nanogpt attention norm_optim rnn autograd
        autograd_mnist time_to_accuracy serve tokenizer)
 
@@ -64,7 +66,8 @@ else
 import torch
 if not torch.cuda.is_available():
     raise SystemExit(f"torch {torch.__version__} sees no CUDA device (built for CUDA {torch.version.cuda})")
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s)")' 2>&1); then
+n = torch.cuda.device_count()
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {n} GPU(s)")' 2>&1); then
         echo "gpu.sh: CUDA is not available to torch here: $torch_cuda" >&2
         exit 2
     fi
@@ -75,7 +78,8 @@ mnist_home=${EXP_DATA_HOME:-$HOME/.cache/foundations}
 if [ -z "${EXP_DATA_HOME:-}" ] && [ -d ../shared/data/mnist ]; then mnist_home=$(cd ../shared/data && pwd); fi
 export EXP_DATA_HOME=$mnist_home
 if [ -z "${GPU_DATASET:-}" ]; then
-    if [ -f "$mnist_home/mnist/train-images-idx3-ubyte.gz" ]; then GPU_DATASET=mnist; else GPU_DATASET=digits; fi
+    GPU_DATASET=digits
+    if [ -f "$mnist_home/mnist/train-images-idx3-ubyte.gz" ]; then GPU_DATASET=mnist; fi
 fi
 
 # ---------------------------------------------------------------- the run
@@ -104,16 +108,16 @@ run() {
     shift 2
     is_selected "$name" || return 0
     echo "== $name: $*" >&2
-    local start status=0 seconds line
+    local start status=0 seconds line limit=${STEP_LIMIT:-$STEP_TIMEOUT}
     start=$(date +%s)
     if [ "$kind" = md ]; then
-        timeout "$STEP_TIMEOUT" "$@" > "$OUT/$name.log" 2>&1 || status=$?
+        timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || status=$?
     else
-        timeout "$STEP_TIMEOUT" "$@" > "$OUT/$name.md" 2> "$OUT/$name.log" || status=$?
+        timeout "$limit" "$@" > "$OUT/$name.md" 2> "$OUT/$name.log" || status=$?
     fi
     seconds=$(($(date +%s) - start))
     if [ "$status" -ne 0 ]; then failed=1; fi
-    if [ "$status" -eq 124 ]; then echo "   timed out after ${STEP_TIMEOUT}s" >&2; fi
+    if [ "$status" -eq 124 ]; then echo "   timed out after ${limit}s" >&2; fi
     echo "   ${seconds}s, exit status $status" >&2
     line="$*"
     echo "| $name | \`${line//|/\\|}\` | $seconds | $status |" >> "$summary"
@@ -122,10 +126,11 @@ run() {
 B=benchmarks
 D=$DEVICE
 # the notebooks: the Learner picks $EXP_DEVICE; outputs are not saved (the shipped ones are the CPU's)
-run notebooks stdout env EXP_DEVICE="$D" "$PYTHON" run_notebook.py nbs --keep_going
+STEP_LIMIT=$NOTEBOOKS_TIMEOUT run notebooks stdout \
+    env EXP_DEVICE="$D" "$PYTHON" run_notebook.py nbs --keep_going
 run matmul md "$PYTHON" $B/matmul.py --device "$D" --repeats 5 --rounds 2 --inner 3 --out "$OUT/matmul.md"
-run train_loop md "$PYTHON" $B/train_loop.py --device "$D" --dataset "$GPU_DATASET" --runs 2 --overhead_runs 3 \
-    --out "$OUT/train_loop.md"
+run train_loop md "$PYTHON" $B/train_loop.py --device "$D" --dataset "$GPU_DATASET" --runs 2 \
+    --overhead_runs 3 --out "$OUT/train_loop.md"
 run ddp_train stdout "$PYTHON" $B/ddp_train.py --device "$D" --compare 1,2 --repeats 1 --epochs 1
 run gpt_throughput md "$PYTHON" $B/gpt.py throughput --device "$D" --rounds 3 --out "$OUT/gpt.md"
 run gpt_nanogpt md "$PYTHON" $B/gpt.py nanogpt --device "$D" --iters 500 --eval-iters 50 --out "$OUT/gpt.md"
