@@ -40,7 +40,6 @@ from exp.distributed import (  # noqa: E402
 from exp.learner import Callback, CancelFitException, Learner  # noqa: E402
 from exp.training import DataLoaders, set_seed  # noqa: E402
 
-
 def make_model(n_in, seed=0):
     "The model every process builds (DDP broadcasts rank 0's weights anyway)."
     set_seed(seed)
