@@ -19,7 +19,13 @@ stamps the notebook's metadata with a fingerprint of its code cells, so a test c
 changed after its outputs were saved, and drops what changes from run to run without meaning anything
 (execution timestamps, the kernel's version details).
 """
-import hashlib, json, os, re, sys, threading, time
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -118,7 +124,8 @@ def code_fingerprint(nb):
 
 
 def coalesce_streams(cell):
-    "Join consecutive stdout (or stderr) outputs into one, as JupyterLab shows them: one block per run of prints."
+    """Join consecutive stdout (or stderr) outputs into one, as JupyterLab shows them: one block per run of
+    prints."""
     merged = []
     for output in cell.get("outputs", []):
         previous = merged[-1] if merged else None

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Load test of `python -m exp.deploy serve` on loopback, batched and not; then with bad requests mixed in.
+"""Load test of `python -m exp.serve` on loopback, batched and not; then with bad requests mixed in.
 
     python benchmarks/serve.py [--requests 2000] [--concurrency 32] [--rounds 4] [--models cnn mlp]
                                [--width 4096] [--max-wait-ms 5] [--bad-fraction 0.1]
@@ -82,9 +82,9 @@ def free_port():
 
 
 def start_server(model, *options):
-    "`python -m exp.deploy serve MODEL` on a free port, logging beside the model: `(process, port)`."
+    "`python -m exp.serve MODEL` on a free port, logging beside the model: `(process, port)`."
     port = free_port()
-    command = [sys.executable, "-m", "exp.deploy", "serve", str(model), "--port", str(port), *options]
+    command = [sys.executable, "-m", "exp.serve", str(model), "--port", str(port), *options]
     log = Path(model).parent / f"server_{port}.log"
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -277,7 +277,7 @@ def machine(load_before):
             "Client and servers share these cores.")
 
 
-HEADER = ("# Serving: `python -m exp.deploy serve`, batched vs one request at a time, on loopback\n\n"
+HEADER = ("# Serving: `python -m exp.serve`, batched vs one request at a time, on loopback\n\n"
           "Written by `benchmarks/serve.py` (its docstring says what is measured). "
           "Newest runs at the end.\n\n")
 

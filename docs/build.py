@@ -8,7 +8,12 @@ Sphinx reads only files inside its source folder, so the build stages `docs/` an
 `nbs/` in a temporary folder and runs Sphinx there. Notebooks are rendered, never executed, and
 every warning (a broken link or cross-reference, a docstring that does not parse) fails the build.
 """
-import argparse, os, shutil, sys, tempfile, time
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent

@@ -3,8 +3,12 @@ pages and the notebooks together (Sphinx reads only its own source folder) and f
 
 Notebooks are rendered, never executed (`nb_execution_mode = "off"`).
 """
-import os, re, sys
+import os
+import re
+import sys
 from pathlib import Path
+
+import jupyter_server_mathjax
 
 ROOT = Path(os.environ.get("FOUNDATIONS_ROOT", Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(ROOT))  # autodoc imports `exp` from this checkout
@@ -18,9 +22,9 @@ myst_enable_extensions = ["dollarmath", "amsmath"]
 nb_execution_mode = "off"
 exclude_patterns = ["_build", "**/.ipynb_checkpoints"]
 
-# MathJax from a PyPI package, copied into the site, so formulas render with no network (offline
-# readers, the browser tests) instead of depending on a CDN.
-import jupyter_server_mathjax
+# MathJax from a PyPI package (jupyter_server_mathjax), copied into the site, so formulas render with no
+# network (offline readers, the browser tests) instead of depending on a CDN.
+
 html_static_path = [str(Path(jupyter_server_mathjax.__file__).parent / "static")]
 mathjax_path = "MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
 # MyST's default marks every section "tex2jax_ignore" and lets MathJax 3 in by class; MathJax 2 would then

@@ -8,6 +8,7 @@ __all__ = ['causal_mask', 'check_attention_inputs', 'check_mask_shape', 'scaled_
 # %% nbs/17_attention.ipynb cell 3
 import torch
 from torch import nn
+
 from .rnn import copy_parameters
 
 # %% nbs/17_attention.ipynb cell 13

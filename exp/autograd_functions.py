@@ -9,7 +9,8 @@ __all__ = ['im2col_tensor', 'col2im_tensor', 'Im2col', 'Col2im', 'im2col', 'col2
 # %% nbs/19_autograd_functions.ipynb cell 9
 import torch
 import torch.nn.functional as F
-from .autograd import Config, Function, Variable, Sum, reshape, transpose, matmul, getitem, sigmoid, log
+
+from .autograd import Config, Function, Sum, Variable, getitem, log, matmul, reshape, sigmoid, transpose
 
 def _data(x):
     "The tensor inside a Variable, or the tensor itself."

@@ -5,10 +5,11 @@ __all__ = ['Buffer', 'named_tensors', 'Layer', 'Sequential', 'Conv2d', 'ConvTran
 
 # %% nbs/19a_autograd_layers.ipynb cell 5
 import torch
-from .autograd import Variable, Parameter, Module, linear, tanh, sigmoid, split, concat
-from .autograd import Sequential as _Sequential
-from .autograd_functions import conv2d, conv_transpose2d, batch_norm, embedding, expand_dims
+
 from .atomic import write_atomically
+from .autograd import Module, Parameter, Variable, concat, linear, sigmoid, split, tanh
+from .autograd import Sequential as _Sequential
+from .autograd_functions import batch_norm, conv2d, conv_transpose2d, embedding, expand_dims
 
 class Buffer(Variable):
     "A Variable a Module saves and moves with its parameters, but never trains (e.g. running statistics)."

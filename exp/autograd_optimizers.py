@@ -4,6 +4,7 @@ __all__ = ['Optimizer', 'WeightDecay', 'ClipGradNorm', 'MomentumSGD', 'AdaGrad',
 
 # %% nbs/19b_autograd_training.ipynb cell 5
 import torch
+
 from .autograd import Variable
 
 class Optimizer:

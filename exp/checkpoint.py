@@ -40,7 +40,8 @@ def set_rng_states(states, dl=None):
     torch.set_rng_state(states["torch"])
     random.setstate(_as_tuples(states["python"]))
     n = states["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     if "cuda" in states and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states["cuda"])
     if dl is not None:
         generators = data_generators(dl)
@@ -72,7 +73,8 @@ def read_checkpoint(path):
         raise CheckpointError(f"cannot read checkpoint {str(path)!r} (truncated or corrupted?): "
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a checkpoint written by exp.checkpoint (no format {FORMAT!r})")
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint written by exp.checkpoint (no format "
+                              f"{FORMAT!r})")
     return ckpt
 
 # %% nbs/14_checkpoint.ipynb cell 12
@@ -96,7 +98,8 @@ def _unwrap(model):
 
 def _is_main_process():
     "Rank 0, or no process group: only one process writes checkpoints."
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return not distributed or torch.distributed.get_rank() == 0
 
 def load_checkpoint(learn, path, with_opt=True, with_rng=True):
     "Restore model, optimizer and RNG states of `learn` from `path`; return the checkpoint dict."
@@ -110,7 +113,8 @@ def load_checkpoint(learn, path, with_opt=True, with_rng=True):
 
 # %% nbs/14_checkpoint.ipynb cell 14
 class _SkipFirstBatches:
-    "`dl`, whose first epoch skips `skip` batches drawn in the order of an epoch that started with `start_rng`."
+    """`dl`, whose first epoch skips `skip` batches drawn in the order of an epoch that started with
+    `start_rng`."""
     def __init__(self, dl, skip, start_rng, now_rng):
         self.dl, self.skip, self.start_rng, self.now_rng = dl, skip, start_rng, now_rng
     def __len__(self): return len(self.dl)
@@ -127,7 +131,8 @@ class _SkipFirstBatches:
         yield from batches
 
 class CheckpointCallback(Callback):
-    "Save a checkpoint every `every_epochs` epochs and/or `every_batches` training batches; keep the best; resume from `resume`."
+    """Save a checkpoint every `every_epochs` epochs and/or `every_batches` training batches; keep the best;
+    resume from `resume`."""
     order = 110  # after MetricsCallback (100): the epoch's metrics are known when we save
 
     def __init__(self, path="checkpoints/last.pt", every_epochs=1, every_batches=None, keep_best=True,
@@ -146,7 +151,7 @@ class CheckpointCallback(Callback):
     def before_fit(self):
         self.best, self.saved = None, []
         if self.resume is not None:
-            # resume once; the helper joins the callbacks now, and sets the start epoch before the loop reads it
+            # resume once: the helper joins the callbacks now and sets the start epoch the loop reads
             resume, self.resume = _Resume(self, self.resume), None
             self.learn.add_cbs(resume)
             resume.before_fit()
@@ -181,7 +186,8 @@ class CheckpointCallback(Callback):
         self.saved.append(str(path))
 
 class _Resume(Callback):
-    "Restore a checkpoint when a fit starts and move the loop to its position (added by `CheckpointCallback(resume=...)`)."
+    """Restore a checkpoint when a fit starts and move the loop to its position (added by
+    `CheckpointCallback(resume=...)`)."""
     order = -1000  # before everything: other callbacks see the resumed loader and batch number
 
     def __init__(self, owner, path): self.owner, self.path = owner, path
@@ -191,7 +197,8 @@ class _Resume(Callback):
         learn = self.learn
         ckpt = load_checkpoint(learn, self.path)
         if ckpt["epoch"] > learn.n_epochs:
-            raise ValueError(f"checkpoint {str(self.path)!r} is at epoch {ckpt['epoch']}, after the end of this fit ({learn.n_epochs} epochs)")
+            raise ValueError(f"checkpoint {str(self.path)!r} is at epoch {ckpt['epoch']}, after the end of "
+                             f"this fit ({learn.n_epochs} epochs)")
         learn.start_epoch = learn.epoch = ckpt["epoch"]
         learn.train_iter = ckpt["train_iter"]
         learn.metrics.log = list(ckpt["metrics_log"])
@@ -202,7 +209,8 @@ class _Resume(Callback):
             learn.set_for_fit(dls=DataLoaders(skipping, learn.dls.valid))
 
     def before_batch(self):
-        if self.skip and self.learn.training: self.learn.iter += self.skip  # batch numbers as in the first run
+        # batch numbers as in the first run
+        if self.skip and self.learn.training: self.learn.iter += self.skip
 
     def after_train(self): self.skip = 0  # the resumed epoch is over
 

@@ -134,7 +134,8 @@ def load_mnist(folder=None, mirrors=None):
     "MNIST's 60,000 training and 10,000 test images (the validation set), flattened, in [0, 1]."
     folder = Path(folder or data_home() / "mnist")
     arrays = {name: parse_idx(fetch_mnist_file(folder, name, mirrors)) for name in MNIST_FILES}
-    def images(name): return torch.tensor(arrays[name].reshape(len(arrays[name]), -1), dtype=torch.float32) / 255
+    def images(name): return torch.tensor(arrays[name].reshape(len(arrays[name]), -1),
+               dtype=torch.float32) / 255
     def labels(name): return torch.tensor(arrays[name], dtype=torch.int64)
     return (images("train-images-idx3-ubyte.gz"), labels("train-labels-idx1-ubyte.gz"),
             images("t10k-images-idx3-ubyte.gz"), labels("t10k-labels-idx1-ubyte.gz"))

@@ -7,11 +7,14 @@ __all__ = ['to_uint8', 'save_images', 'IMAGE_EXTENSIONS', 'normalise_extensions'
            'collate_images', 'DataBlock']
 
 # %% nbs/08_data_block.ipynb cell 3
-import os, random, warnings
+import os
+import warnings
 from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
 from .training import DataLoaders
 
 # %% nbs/08_data_block.ipynb cell 5
@@ -69,7 +72,8 @@ class FuncSplitter:
 
 class FolderSplitter:
     "Split by the name of the folder two levels up: `train/<label>/x.png`, `valid/<label>/x.png`."
-    def __init__(self, train_name="train", valid_name="valid"): self.train_name, self.valid_name = train_name, valid_name
+    def __init__(self, train_name="train",
+                 valid_name="valid"): self.train_name, self.valid_name = train_name, valid_name
     def __call__(self, items):
         names = [Path(item).parent.parent.name for item in items]
         stray = sorted({n for n in names if n not in (self.train_name, self.valid_name)})
@@ -203,4 +207,5 @@ class DataBlock:
 
     def dataloaders(self, source, batch_size=64, seed=None):
         "The Learner's `DataLoaders` over `datasets(source)`: train shuffled (seeded), valid in order."
-        return DataLoaders.from_datasets(*self.datasets(source), batch_size=batch_size, seed=seed, collate=collate_images)
+        return DataLoaders.from_datasets(*self.datasets(source), batch_size=batch_size, seed=seed,
+                                         collate=collate_images)

@@ -4,8 +4,11 @@ __all__ = ['DeployError', 'model_info', 'export_torchscript', 'export_onnx', 'lo
            'image_to_row', 'save_image', 'predict_files', 'predict', 'main']
 
 # %% nbs/14a_deploy.ipynb cell 3
-import json, math, sys
+import json
+import math
+import sys
 from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -28,12 +31,14 @@ def export_torchscript(model, path, example, info):
 
 # %% nbs/14a_deploy.ipynb cell 11
 def export_onnx(model, path, example, info, opset=17):
-    "Export `model` to ONNX at `path` (batch dimension dynamic), with `info` in its metadata; checked with `onnx.checker`."
+    """Export `model` to ONNX at `path` (batch dimension dynamic), with `info` in its metadata; checked with
+    `onnx.checker`."""
     import onnx
     model = model.eval()
     with torch.no_grad():
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False)
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
     proto = onnx.load(str(path))
     proto.metadata_props.add(key="info.json", value=json.dumps(info))
     onnx.checker.check_model(proto)
@@ -51,8 +56,10 @@ def load_exported(path):
         if suffix in (".pt", ".pth", ".ts"): return _load_torchscript(path)
     except DeployError: raise
     except Exception as e:
-        raise DeployError(f"cannot load model {str(path)!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    raise DeployError(f"unknown model format {suffix!r} for {str(path)!r}: use a TorchScript .pt or an .onnx file")
+        raise DeployError(f"cannot load model {str(path)!r}: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    raise DeployError(f"unknown model format {suffix!r} for {str(path)!r}: use a TorchScript .pt or an .onnx "
+                      f"file")
 
 def _load_torchscript(path):
     extra = {"info.json": ""}
@@ -63,7 +70,8 @@ def _load_torchscript(path):
     return predict, (json.loads(extra["info.json"]) if extra["info.json"] else None)
 
 def _load_onnx(path):
-    import onnx, onnxruntime
+    import onnx
+    import onnxruntime
     meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -72,21 +80,25 @@ def _load_onnx(path):
 
 # %% nbs/14a_deploy.ipynb cell 17
 def read_image(path, info):
-    "A grayscale image file as a flat float32 row in [0, 1]; `DeployError` naming the file if missing or the wrong size."
+    """A grayscale image file as a flat float32 row in [0, 1]; `DeployError` naming the file if missing or the
+    wrong size."""
     path = Path(path)
     if not path.is_file(): raise DeployError(f"image file {str(path)!r} does not exist")
     return image_to_row(path, info, f"image {str(path)!r}")
 
 def image_to_row(file, info, name):
-    "An image (a path or a binary file object) as a flat float32 row in [0, 1]; `DeployError` naming it otherwise."
+    """An image (a path or a binary file object) as a flat float32 row in [0, 1]; `DeployError` naming it
+    otherwise."""
     from PIL import Image, UnidentifiedImageError
     size = info["image_size"]
     try:
         with Image.open(file) as image: image = image.convert("L")
     except (UnidentifiedImageError, OSError) as e:  # the type, not the text: it names a file object's address
-        raise DeployError(f"cannot read {name}: not an image that Pillow can open ({type(e).__name__})") from e
+        raise DeployError(f"cannot read {name}: not an image that Pillow can open "
+                          f"({type(e).__name__})") from e
     if image.size != (size, size):
-        raise DeployError(f"{name} is {image.size[0]}×{image.size[1]} pixels; the model expects {size}×{size}")
+        width, height = image.size
+        raise DeployError(f"{name} is {width}×{height} pixels; the model expects {size}×{size}")
     return np.asarray(image, dtype=np.float32).reshape(-1) / 255
 
 def save_image(row, path):
@@ -100,12 +112,14 @@ def save_image(row, path):
 def predict_files(model_path, image_paths):
     "`(path, class, probability)` for every image file, with the exported model at `model_path`."
     predict, info = load_exported(model_path)
-    if info is None: raise DeployError(f"model {str(model_path)!r} has no stored info (image size, classes): export it with exp.deploy")
+    if info is None: raise DeployError(f"model {str(model_path)!r} has no stored info (image size, classes): "
+                                       f"export it with exp.deploy")
     batch = np.stack([read_image(p, info) for p in image_paths])
     logits = predict(batch)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    return [(str(p), info["classes"][i], float(probs[k, i])) for k, (p, i) in enumerate(zip(image_paths, probs.argmax(1)))]
+    return [(str(p), info["classes"][i], float(probs[k, i])) for k,
+            (p, i) in enumerate(zip(image_paths, probs.argmax(1)))]
 
 # %% nbs/14a_deploy.ipynb cell 20
 def predict(model, *images):
@@ -120,7 +134,8 @@ def _fail(message):
     sys.exit(1)
 
 def main():
-    "The command line: `python -m exp.deploy predict MODEL IMAGE...` (serving has its own: `python -m exp.serve`)."
+    """The command line: `python -m exp.deploy predict MODEL IMAGE...` (serving has its own: `python -m
+    exp.serve`)."""
     import fire
     fire.Fire({"predict": predict})
 

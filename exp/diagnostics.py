@@ -28,7 +28,8 @@ def expected_input(module):
 
 # %% nbs/03a_diagnostics.ipynb cell 9
 def find_failing_layer(model, x):
-    "Run `model(x)` again, hooking every leaf layer: `(name, layer, input_shape, finished)` of the last entered."
+    """Run `model(x)` again, hooking every leaf layer: `(name, layer, input_shape, finished)` of the last
+    entered."""
     entered = []
     def before(name):
         def record(module, args):

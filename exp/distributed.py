@@ -4,11 +4,13 @@ __all__ = ['default_backend', 'is_distributed', 'rank', 'world_size', 'is_main_p
            'cleanup_distributed', 'shard_loader', 'DistributedCallback', 'reduce_metrics']
 
 # %% nbs/13_distributed.ipynb cell 3
-import os, time
+import os
+
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
+
 from .learner import Callback, to_device
 from .training import DataLoader, DataLoaders
 
@@ -55,13 +57,15 @@ def shard_loader(dl, shuffle, seed=0, rank=None, world_size=None):
     sampler = DistributedSampler(dl.dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
                                  drop_last=getattr(dl, "drop_last", False))
     if isinstance(dl, torch.utils.data.DataLoader):
-        return torch.utils.data.DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, collate_fn=dl.collate_fn,
-                                           drop_last=dl.drop_last, num_workers=dl.num_workers, pin_memory=dl.pin_memory)
+        return torch.utils.data.DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler,
+                                           collate_fn=dl.collate_fn, drop_last=dl.drop_last,
+                                           num_workers=dl.num_workers, pin_memory=dl.pin_memory)
     return DataLoader(dl.dataset, dl.batch_size, collate=dl.collate, drop_last=dl.drop_last, sampler=sampler)
 
 # %% nbs/13_distributed.ipynb cell 12
 class DistributedCallback(Callback):
-    "Train with `DistributedDataParallel` in the current process group: sharded data, reduced metrics, rank 0 logs."
+    """Train with `DistributedDataParallel` in the current process group: sharded data, reduced metrics, rank
+    0 logs."""
     order = -20  # before DeviceCallback-like callbacks and everything that reads the batch
 
     def __init__(self, shuffle=True, seed=0, device=None, find_unused_parameters=False):
@@ -69,15 +73,18 @@ class DistributedCallback(Callback):
 
     def before_fit(self):
         learn = self.learn
-        if not is_distributed(): raise RuntimeError("DistributedCallback needs a process group: call setup_distributed() first (under torchrun)")
+        if not is_distributed(): raise RuntimeError("DistributedCallback needs a process group: call "
+                                                    "setup_distributed() first (under torchrun)")
         self.device = torch.device(self.device) if self.device else (
-            torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu"))
+            torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+            else torch.device("cpu"))
         learn.model.to(self.device)
         ids = [self.device.index] if self.device.type == "cuda" else None
         valid = learn.dls.valid
         # for this fit only: the wrapped model, each process's shard of the data, one process printing
         learn.set_for_fit(
-            model=DistributedDataParallel(learn.model, device_ids=ids, find_unused_parameters=self.find_unused),
+            model=DistributedDataParallel(learn.model, device_ids=ids,
+                                          find_unused_parameters=self.find_unused),
             dls=DataLoaders(shard_loader(learn.dls.train, shuffle=self.shuffle, seed=self.seed),
                             shard_loader(valid, shuffle=False) if valid is not None else None))
         if not is_main_process(): learn.set_for_fit(logger=None)
@@ -97,7 +104,8 @@ def reduce_metrics(learn, phase):
     metrics = learn.metrics
     if not hasattr(metrics, "totals") or not is_distributed(): return
     names = list(metrics.totals[phase])
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    nccl = dist.get_backend() == "nccl"  # NCCL reduces tensors on the GPU, gloo on the CPU
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     values = torch.tensor([float(metrics.counts[phase])] + [float(metrics.totals[phase][n]) for n in names],
                           dtype=torch.float64, device=device)
     dist.all_reduce(values)

@@ -4,8 +4,6 @@ __all__ = ['normalize', 'lin', 'relu', 'mse', 'mse_grad', 'relu_grad', 'lin_grad
            'autograd_gradients', 'Module', 'Lin', 'Relu', 'Mse', 'Model']
 
 # %% nbs/02_fully_connected.ipynb cell 5
-import torch
-
 def normalize(x, mean, std):
     "Shift and scale `x` by the given (training set's) statistics."
     return (x - mean) / std
@@ -48,7 +46,8 @@ def forward_and_backward(x, target, w1, b1, w2, b2):
 # %% nbs/02_fully_connected.ipynb cell 19
 def autograd_gradients(x, target, w1, b1, w2, b2):
     "Loss and gradients of `x, w1, b1, w2, b2` from `torch.autograd`: the oracle for our backward pass."
-    leaves = {k: t.detach().clone().requires_grad_() for k, t in dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2).items()}
+    leaves = {k: t.detach().clone().requires_grad_() for k,
+              t in dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2).items()}
     loss = mse(lin(relu(lin(leaves["x"], leaves["w1"], leaves["b1"])), leaves["w2"], leaves["b2"]), target)
     loss.backward()
     return loss.detach(), {k: t.grad for k, t in leaves.items()}
@@ -83,7 +82,8 @@ class Mse(Module):
     def backward(self, out_grad=1.): return out_grad * mse_grad(*self.args)
 
 class Model(Module):
-    "Linear → ReLU → linear with an MSE loss; `backward` fills each layer's gradients and returns the input's."
+    """Linear → ReLU → linear with an MSE loss; `backward` fills each layer's gradients and returns the
+    input's."""
     def __init__(self, w1, b1, w2, b2):
         self.layers = [Lin(w1, b1), Relu(), Lin(w2, b2)]
         self.loss = Mse()

@@ -4,7 +4,9 @@ __all__ = ['check_matmul_shapes', 'matmul_python', 'matmul_elementwise', 'matmul
            'matmul_torch', 'MATMUL_VARIANTS', 'median_times', 'matmul_gflops']
 
 # %% nbs/01_matmul.ipynb cell 7
-import statistics, time
+import statistics
+import time
+
 import torch
 
 def check_matmul_shapes(a, b):

@@ -5,6 +5,7 @@ __all__ = ['conv_bn', 'ResBlock', 'XResNet', 'xresnet18', 'xresnet34', 'xresnet_
 # %% nbs/11_resnet.ipynb cell 3
 import torch
 from torch import nn
+
 from .conv import init_cnn
 
 # %% nbs/11_resnet.ipynb cell 5
@@ -65,7 +66,8 @@ def model_summary(model, xb, print_table=True):
     rows, hooks = [], []
     def record(name):
         def hook(module, args, out):
-            rows.append((name, type(module).__name__, tuple(out.shape), sum(p.numel() for p in module.parameters())))
+            n_params = sum(p.numel() for p in module.parameters())
+            rows.append((name, type(module).__name__, tuple(out.shape), n_params))
         return hook
     for name, layer in model.named_children(): hooks.append(layer.register_forward_hook(record(name)))
     try:

@@ -7,10 +7,13 @@ __all__ = ['linear', 'split_gates', 'RecurrentCell', 'RNNCell', 'lstm_step', 'LS
            'CharVocab', 'CharModel', 'sample']
 
 # %% nbs/12_rnn.ipynb cell 3
-import math, re
+import math
+import re
+
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
 from .learner import Callback
 
 # %% nbs/12_rnn.ipynb cell 10
@@ -63,7 +66,8 @@ class RNNCell(RecurrentCell):
     "The Elman cell: h' = tanh(W_ih x + b_ih + W_hh h + b_hh)."
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh"):
         super().__init__(input_size, hidden_size, bias)
-        if nonlinearity not in ("tanh", "relu"): raise ValueError(f"nonlinearity must be 'tanh' or 'relu', not {nonlinearity!r}")
+        if nonlinearity not in ("tanh", "relu"): raise ValueError(f"nonlinearity must be 'tanh' or 'relu', "
+                                                                  f"not {nonlinearity!r}")
         self.nonlinearity = nonlinearity
 
     def forward(self, x, h):
@@ -127,12 +131,14 @@ class Recurrent(nn.Module):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, **cell_options):
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.cells = nn.ModuleList([self.cell_class(input_size if k == 0 else hidden_size, hidden_size, bias, **cell_options)
-                                    for k in range(num_layers)])
+        self.cells = nn.ModuleList([
+            self.cell_class(input_size if k == 0 else hidden_size, hidden_size, bias, **cell_options)
+            for k in range(num_layers)])
 
     def forward(self, x, state=None):
         "`(output, final_state)` for `x` of shape (batch, time, features); states as PyTorch's."
-        states = split_layers(state) if state is not None else [cell.zero_state(x[:, 0]) for cell in self.cells]
+        if state is None: states = [cell.zero_state(x[:, 0]) for cell in self.cells]
+        else: states = split_layers(state)
         finals = []
         for cell, s in zip(self.cells, states):
             outputs = []
@@ -167,8 +173,10 @@ def copy_parameters(source, target, rename):
     with torch.no_grad():
         for name, p in target.named_parameters():
             other = source_params.get(rename(name))
-            if other is None: raise ValueError(f"{type(source).__name__} has no parameter {rename(name)!r} for {name!r}")
-            if other.shape != p.shape: raise ValueError(f"{name}: shape {tuple(p.shape)} but the source has {tuple(other.shape)}")
+            if other is None: raise ValueError(f"{type(source).__name__} has no parameter {rename(name)!r} "
+                                               f"for {name!r}")
+            if other.shape != p.shape: raise ValueError(f"{name}: shape {tuple(p.shape)} but the source has "
+                                                        f"{tuple(other.shape)}")
             p.copy_(other)
     return target
 
@@ -182,7 +190,8 @@ def copy_to_torch(theirs, ours):
     return copy_parameters(ours, theirs, lambda name: our_names.get(name, name))
 
 # %% nbs/12_rnn.ipynb cell 29
-TORCH_TWINS = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU, nn.RNNCell: RNNCell, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell}
+TORCH_TWINS = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU, nn.RNNCell: RNNCell, nn.LSTMCell: LSTMCell,
+               nn.GRUCell: GRUCell}
 
 def from_torch(theirs):
     "Our module equal to `theirs` (an nn.RNN/LSTM/GRU or cell), with its weights copied."
@@ -198,11 +207,13 @@ def from_torch(theirs):
 
 # %% nbs/12_rnn.ipynb cell 35
 class SequenceLoader:
-    "Consecutive windows `(x, y)` of `bptt` steps along `batch_size` parallel streams of one sequence; `y` is `x` one step later."
+    """Consecutive windows `(x, y)` of `bptt` steps along `batch_size` parallel streams of one sequence; `y`
+    is `x` one step later."""
     def __init__(self, data, batch_size, bptt):
         self.batch_size, self.bptt = batch_size, bptt
         self.steps = (len(data) - 1) // batch_size  # steps per stream; one is kept for the last target
-        if self.steps < 1: raise ValueError(f"a sequence of {len(data)} items is too short for {batch_size} streams")
+        if self.steps < 1: raise ValueError(f"a sequence of {len(data)} items is too short for {batch_size} "
+                                            f"streams")
         shape = (batch_size, self.steps) + tuple(data.shape[1:])
         self.inputs = data[:batch_size * self.steps].reshape(shape)
         self.targets = data[1:batch_size * self.steps + 1].reshape(shape)
@@ -231,7 +242,8 @@ def graph_size(tensor):
 
 # %% nbs/12_rnn.ipynb cell 47
 class Stateful(nn.Module):
-    "Wraps `model(x, state) -> (output, state)`: carries the state from call to call, detached (truncated BPTT)."
+    """Wraps `model(x, state) -> (output, state)`: carries the state from call to call, detached (truncated
+    BPTT)."""
     def __init__(self, model):
         super().__init__()
         self.model, self.state = model, None
@@ -259,7 +271,9 @@ def sequence_loss(preds, targets):
 # %% nbs/12_rnn.ipynb cell 53
 class CharVocab:
     "The characters of a text, each with an index."
-    def __init__(self, text): self.chars = sorted(set(text)); self.index = {ch: i for i, ch in enumerate(self.chars)}
+    def __init__(self, text):
+        self.chars = sorted(set(text))
+        self.index = {ch: i for i, ch in enumerate(self.chars)}
     def __len__(self): return len(self.chars)
     def encode(self, text): return torch.tensor([self.index[ch] for ch in text])
     def decode(self, indices): return "".join(self.chars[i] for i in indices)

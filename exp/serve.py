@@ -4,10 +4,16 @@ __all__ = ['InputError', 'row_from_json', 'parse_request', 'run_batch', 'Batcher
            'read_body', 'create_app', 'serve', 'main']
 
 # %% nbs/14b_serve.ipynb cell 3
-import asyncio, json, signal, sys, time
+import asyncio
+import json
+import signal
+import sys
+import time
 from collections import Counter
 from io import BytesIO
+
 import numpy as np
+
 from .deploy import DeployError, image_to_row, load_exported
 
 # %% nbs/14b_serve.ipynb cell 11
@@ -121,6 +127,7 @@ async def read_body(request, limit):
 def create_app(predict, info, max_batch=32, max_wait_ms=5, max_body_bytes=1 << 20):
     "A Starlette app serving `predict`: `POST /predict`, `GET /health`, `GET /info`, `GET /stats`."
     from contextlib import asynccontextmanager
+
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse

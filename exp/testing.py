@@ -44,10 +44,12 @@ def near(a, b, atol=1e-5, rtol=1e-5):
 def test_near(a, b, atol=1e-5, rtol=1e-5):
     "Assert `a` and `b` agree within `atol + rtol*|b|`; the message gives shapes and the largest gap."
     ta, tb = as_tensor(a).double(), as_tensor(b).double()
-    if ta.shape != tb.shape: raise AssertionError(f"test_near: shapes differ: {tuple(ta.shape)} vs {tuple(tb.shape)}")
+    if ta.shape != tb.shape: raise AssertionError(f"test_near: shapes differ: {tuple(ta.shape)} vs "
+                                                  f"{tuple(tb.shape)}")
     if not near(ta, tb, atol, rtol):
         gap = (ta - tb).abs().max().item()
-        raise AssertionError(f"test_near: largest difference {gap:.3g} exceeds atol={atol}, rtol={rtol}:\n  {a!r}\n  {b!r}")
+        raise AssertionError(f"test_near: largest difference {gap:.3g} exceeds atol={atol}, rtol={rtol}:\n  "
+                             f"{a!r}\n  {b!r}")
 
 def test_fail(f, contains="", exception=Exception):
     "Assert that calling `f()` raises `exception`, with `contains` in its message."

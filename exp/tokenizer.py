@@ -6,9 +6,14 @@ __all__ = ['count_pairs', 'merge_pair', 'GPT2_SPLIT_PATTERN', 'count_chunks', 'l
            'read_tokenizer_file']
 
 # %% nbs/16_tokenizer.ipynb cell 3
-import heapq, json, operator, re, warnings
+import heapq
+import json
+import operator
+import re
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
+
 from .atomic import write_atomically
 
 # %% nbs/16_tokenizer.ipynb cell 16

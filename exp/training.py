@@ -102,7 +102,8 @@ class Sampler:
 
 # %% nbs/03_minibatch_training.ipynb cell 34
 def collate(items):
-    "Stack a list of items into a batch: tensors are stacked, numbers become a tensor, tuples and dicts recurse."
+    """Stack a list of items into a batch: tensors are stacked, numbers become a tensor, tuples and dicts
+    recurse."""
     first = items[0]
     if isinstance(first, torch.Tensor): return torch.stack(items)
     if isinstance(first, np.ndarray): return torch.from_numpy(np.stack(items))
@@ -114,14 +115,16 @@ def collate(items):
 _default_collate = collate
 
 def _indexes_in_batches(dataset):
-    "Whether `dataset[tensor_of_indices]` returns a whole batch: ours or `TensorDataset` as they are, or opted in."
+    """Whether `dataset[tensor_of_indices]` returns a whole batch: ours or `TensorDataset` as they are, or
+    opted in."""
     if getattr(dataset, "indexes_in_batches", False): return True
     # a subclass that overrides __getitem__ (say, to transform each item) gets the safe per-item path
     return type(dataset).__getitem__ in (Dataset.__getitem__, torch.utils.data.TensorDataset.__getitem__)
 
 class DataLoader:
     "Batches from any map-style dataset; tensor-backed datasets are indexed a batch at a time."
-    def __init__(self, dataset, batch_size=64, shuffle=False, seed=None, collate=collate, drop_last=False, sampler=None):
+    def __init__(self, dataset, batch_size=64, shuffle=False, seed=None, collate=collate, drop_last=False,
+                 sampler=None):
         self.dataset, self.batch_size, self.drop_last, self.collate = dataset, batch_size, drop_last, collate
         self.sampler = sampler if sampler is not None else Sampler(len(dataset), shuffle, seed)
         self.batched = collate is _default_collate and _indexes_in_batches(dataset)
@@ -131,7 +134,8 @@ class DataLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
-        order = self.sampler.order() if isinstance(self.sampler, Sampler) else torch.tensor(list(self.sampler))
+        order = self.sampler.order() if isinstance(self.sampler,
+                                   Sampler) else torch.tensor(list(self.sampler))
         for idxs in order.split(self.batch_size):
             if self.drop_last and len(idxs) < self.batch_size: return
             if self.batched: yield self.dataset[idxs]
@@ -155,7 +159,8 @@ def fit(epochs, model, loss_func, opt, train_dl, valid_dl):
                 total_loss += loss_func(preds, yb).item() * len(yb)
                 total_correct += accuracy(preds, yb).item() * len(yb)
                 count += len(yb)
-        print(f"epoch {epoch}: valid loss {total_loss / count:.4f}, valid accuracy {total_correct / count:.4f}")
+        print(f"epoch {epoch}: valid loss {total_loss / count:.4f}, valid accuracy "
+              f"{total_correct / count:.4f}")
     return total_loss / count, total_correct / count
 
 def set_seed(seed):
@@ -170,11 +175,13 @@ class DataLoaders:
     def __init__(self, train, valid=None): self.train, self.valid = train, valid
     def __getitem__(self, i): return (self.train, self.valid)[i]
     def __repr__(self):
-        return f"DataLoaders(train: {loader_length(self.train)} batches, valid: {loader_length(self.valid)} batches)"
+        train, valid = loader_length(self.train), loader_length(self.valid)
+        return f"DataLoaders(train: {train} batches, valid: {valid} batches)"
 
     @classmethod
     def from_datasets(cls, train_ds, valid_ds, batch_size=64, seed=None, **kwargs):
-        "Shuffle `train_ds` every epoch (reproducibly with `seed`); read `valid_ds` in order, in double batches."
+        """Shuffle `train_ds` every epoch (reproducibly with `seed`); read `valid_ds` in order, in double
+        batches."""
         return cls(DataLoader(train_ds, batch_size, shuffle=True, seed=seed, **kwargs),
                    DataLoader(valid_ds, batch_size * 2, **kwargs))
 

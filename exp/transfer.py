@@ -7,8 +7,10 @@ __all__ = ['take_classes', 'few_per_class', 'POOL_TYPES', 'head_start', 'cut_mod
 # %% nbs/15_transfer.ipynb cell 3
 import copy
 from collections import OrderedDict
+
 import torch
 from torch import nn
+
 from .learner import Learner
 from .optimizers import AdamW
 from .param_groups import NORM_TYPES

@@ -6,11 +6,18 @@ __all__ = ['gelu', 'GELU', 'FeedForward', 'CausalSelfAttention', 'Block', 'check
 
 # %% nbs/18_transformer.ipynb cell 3
 import math
+
 import torch
-from torch import nn
 import torch.nn.functional as F
-from .attention import LearnedPositions, MultiHeadAttention, causal_mask, merge_heads
-from .attention import scaled_dot_product_attention
+from torch import nn
+
+from .attention import (
+    LearnedPositions,
+    MultiHeadAttention,
+    causal_mask,
+    merge_heads,
+    scaled_dot_product_attention,
+)
 from .learner import Callback
 from .norm import LayerNorm
 from .rnn import copy_parameters

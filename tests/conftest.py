@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-
 @pytest.fixture
 def one_thread():
     "Tiny tensors: one torch thread is much faster than two fighting other processes for 2 shared cores."

@@ -6,11 +6,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exp.attention import (LearnedPositions, MultiHeadAttention, SinusoidalPositions, apply_rotary,
-                           causal_mask, copy_from_torch, copy_to_torch, merge_heads,
-                           scaled_dot_product_attention, sinusoidal_positions, split_heads)
+from exp.attention import (
+    LearnedPositions,
+    MultiHeadAttention,
+    SinusoidalPositions,
+    apply_rotary,
+    causal_mask,
+    copy_from_torch,
+    copy_to_torch,
+    merge_heads,
+    scaled_dot_product_attention,
+    sinusoidal_positions,
+    split_heads,
+)
 from exp.testing import test_near
-
 
 @pytest.fixture(autouse=True)
 def _single_thread(one_thread):

@@ -1,13 +1,26 @@
-"""Tests for exp.autograd_layers: each layer against its torch.nn twin with copied weights (float64 outputs and
-gradients), named parameters and buffers, .to(device), and save_weights/load_weights with their errors."""
+"""Tests for exp.autograd_layers: each layer against its torch.nn twin with copied weights (float64 outputs
+and gradients), named parameters and buffers, .to(device), and save_weights/load_weights with their errors."""
 import pickle
+
 import pytest
 import torch
 import torch.nn as nn
-from exp.autograd import Variable, Linear, Parameter, eval_mode, relu, softmax_cross_entropy
+
+from exp.autograd import Linear, Variable, eval_mode, relu, softmax_cross_entropy
 from exp.autograd_functions import flatten, max_pool2d
-from exp.autograd_layers import (Buffer, named_tensors, Layer, Sequential, Conv2d, ConvTranspose2d, BatchNorm2d,
-                                 Embedding, RNN, LSTM, save_weights, load_weights)
+from exp.autograd_layers import (
+    LSTM,
+    RNN,
+    BatchNorm2d,
+    Buffer,
+    Conv2d,
+    ConvTranspose2d,
+    Embedding,
+    Sequential,
+    load_weights,
+    named_tensors,
+    save_weights,
+)
 from exp.testing import test_eq, test_near
 
 F64 = torch.float64
@@ -20,7 +33,8 @@ def _single_thread(one_thread):
 
 def copy_weights(ours, theirs):
     "torch's parameters and buffers into ours, by name (torch's `weight_ih_l0` is our `weight_ih`)."
-    state = {name.replace("_l0", ""): t for name, t in theirs.state_dict().items() if "num_batches" not in name}
+    state = {name.replace("_l0", ""): t for name,
+             t in theirs.state_dict().items() if "num_batches" not in name}
     names = dict(named_tensors(ours))
     test_eq(sorted(names), sorted(state))
     for name, v in names.items(): v.data.copy_(state[name])
@@ -29,7 +43,8 @@ def copy_weights(ours, theirs):
 
 @pytest.mark.parametrize("make", [
     lambda: (Conv2d(3, 4, 3, dtype=F64), nn.Conv2d(3, 4, 3)),
-    lambda: (Conv2d(3, 4, (3, 2), stride=2, padding=1, bias=False, dtype=F64), nn.Conv2d(3, 4, (3, 2), 2, 1, bias=False)),
+    lambda: (Conv2d(3, 4, (3, 2), stride=2, padding=1, bias=False, dtype=F64),
+             nn.Conv2d(3, 4, (3, 2), 2, 1, bias=False)),
     lambda: (ConvTranspose2d(3, 2, 4, stride=2, padding=1, dtype=F64), nn.ConvTranspose2d(3, 2, 4, 2, 1)),
     lambda: (BatchNorm2d(3, momentum=0.3, dtype=F64), nn.BatchNorm2d(3, momentum=0.3)),
 ], ids=["conv", "conv_stride_padding", "conv_transpose", "batch_norm"])
@@ -56,10 +71,12 @@ def test_batch_norm_layer_eval_mode_matches_torch_eval():
     ours, theirs = BatchNorm2d(2, dtype=F64), nn.BatchNorm2d(2).double()
     for _ in range(3):
         x = torch.randn(5, 2, 3, 3, dtype=F64) * 2 + 1
-        ours(Variable(x)); theirs(x)
+        ours(Variable(x))
+        theirs(x)
     with eval_mode(): y = ours(Variable(x))
     test_near(y.data, theirs.eval()(x), atol=1e-10, rtol=1e-10)
-    with pytest.raises(ValueError, match=r"BatchNorm2d\(2\) needs an input \(N, 2, H, W\), got shape \(5, 3, 3, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"BatchNorm2d\(2\) needs an input \(N, 2, H, W\), got shape \(5, 3, 3, 3\)"):
         ours(Variable(torch.randn(5, 3, 3, 3)))
 
 
@@ -88,7 +105,8 @@ def test_recurrent_matches_torch_nn_with_copied_weights(kind):
     for a, b in zip(sv, st): test_near(a.grad.data, b.grad, atol=1e-10, rtol=1e-10)
     for name, p in theirs.named_parameters():
         test_near(names[name.replace("_l0", "")].grad.data, p.grad, atol=1e-10, rtol=1e-10)
-    with pytest.raises(ValueError, match=r"needs an input \(N, T, 4\), got shape \(3, 6, 2\)"): ours(Variable(x[..., :2]))
+    with pytest.raises(ValueError,
+                       match=r"needs an input \(N, T, 4\), got shape \(3, 6, 2\)"): ours(Variable(x[..., :2]))
 
 
 def test_embedding_matches_torch_and_sums_repeated_tokens():
@@ -97,20 +115,22 @@ def test_embedding_matches_torch_and_sums_repeated_tokens():
     tokens = torch.tensor([[1, 4, 1], [0, 5, 1]])
     y = ours(tokens)
     test_near(y.data, theirs(tokens))
-    (y ** 2).sum().backward(); (theirs(tokens) ** 2).sum().backward()
+    (y ** 2).sum().backward()
+    (theirs(tokens) ** 2).sum().backward()
     test_near(ours.weight.grad.data, theirs.weight.grad, atol=1e-12, rtol=1e-12)
 
 
 def small_cnn(width=8):
-    return Sequential(Conv2d(1, width, 3, padding=1), BatchNorm2d(width), relu, lambda x: max_pool2d(x, 2), flatten,
-                      Linear(width * 16, 10))
+    return Sequential(Conv2d(1, width, 3, padding=1), BatchNorm2d(width), relu, lambda x: max_pool2d(x, 2),
+                      flatten, Linear(width * 16, 10))
 
 
 def test_named_tensors_lists_parameters_and_buffers_once():
     shared = Linear(3, 3)
     model = Sequential(shared, shared, BatchNorm2d(2))
     test_eq([name for name, _ in named_tensors(model)],
-            ["layers.0.W", "layers.0.b", "layers.2.weight", "layers.2.bias", "layers.2.running_mean", "layers.2.running_var"])
+            ["layers.0.W", "layers.0.b", "layers.2.weight", "layers.2.bias", "layers.2.running_mean",
+             "layers.2.running_var"])
     test_eq(len(list(model.parameters())), 4)  # buffers are not trained
     assert isinstance(model.layers[2].running_mean, Buffer) and not model.layers[2].running_mean.requires_grad
 
@@ -123,11 +143,13 @@ def test_to_moves_parameters_buffers_and_gradients():
     test_eq({v.data.dtype for _, v in named_tensors(model)}, {F64})
     test_eq({p.grad.data.dtype for p in model.parameters()}, {F64})
     model.to("meta")
-    x, t = Variable(torch.empty(4, 1, 8, 8, dtype=F64, device="meta")), torch.zeros(4, dtype=torch.long, device="meta")
+    x = Variable(torch.empty(4, 1, 8, 8, dtype=F64, device="meta"))
+    t = torch.zeros(4, dtype=torch.long, device="meta")
     for p in model.parameters(): p.cleargrad()
     softmax_cross_entropy(model(x), t).backward()
-    test_eq({v.data.device.type for _, v in named_tensors(model)} | {p.grad.data.device.type for p in model.parameters()},
-            {"meta"})
+    devices = {v.data.device.type for _, v in named_tensors(model)}
+    devices |= {p.grad.data.device.type for p in model.parameters()}
+    test_eq(devices, {"meta"})
 
 
 def test_save_and_load_weights_round_trip(tmp_path):
@@ -163,7 +185,8 @@ def test_load_weights_refuses_pickled_objects(tmp_path):
     torch.save({"layers.0.weight": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(pickle.UnpicklingError): load_weights(small_cnn(), tmp_path / "evil.pt")
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
-    with pytest.raises(ValueError, match="holds a list, not a dict of weights"): load_weights(small_cnn(), tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="holds a list, not a dict of weights"): load_weights(small_cnn(),
+                       tmp_path / "list.pt")
 
 
 def test_layers_initialise_like_torch():

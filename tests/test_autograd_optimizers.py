@@ -1,14 +1,15 @@
 """Tests for exp.autograd_optimizers: each optimizer step for step against torch.optim, the weight decay and
 gradient clipping hooks against torch's, and a small CNN on our engine learning the digits."""
 from pathlib import Path
+
 import pytest
 import torch
-from exp.autograd import Variable, Linear, eval_mode, relu, softmax_cross_entropy
-from exp.autograd_functions import flatten, max_pool2d, accuracy
-from exp.autograd_layers import Sequential, Conv2d, BatchNorm2d
-from exp.autograd_optimizers import Optimizer, MomentumSGD, AdaGrad, Adam, WeightDecay, ClipGradNorm
-from exp.testing import test_near
 
+from exp.autograd import Linear, Variable, eval_mode, relu, softmax_cross_entropy
+from exp.autograd_functions import accuracy, flatten, max_pool2d
+from exp.autograd_layers import BatchNorm2d, Conv2d, Sequential
+from exp.autograd_optimizers import AdaGrad, Adam, ClipGradNorm, MomentumSGD, Optimizer, WeightDecay
+from exp.testing import test_near
 
 @pytest.fixture(autouse=True)
 def _single_thread(one_thread):
@@ -37,8 +38,12 @@ def test_optimizer_matches_torch_optim_step_for_step(name, weight_decay):
     ours = ours_opt([p], [WeightDecay(weight_decay)] if weight_decay else [])
     theirs = torch_opt([q], weight_decay)
     for _ in range(50):
-        ours.zero_grad(); rosenbrock(p).backward(); ours.step()
-        theirs.zero_grad(); rosenbrock(q).backward(); theirs.step()
+        ours.zero_grad()
+        rosenbrock(p).backward()
+        ours.step()
+        theirs.zero_grad()
+        rosenbrock(q).backward()
+        theirs.step()
         test_near(p.data, q.detach(), atol=1e-10, rtol=1e-10)
     assert rosenbrock(p).data < rosenbrock(Variable(START)).data
 
@@ -93,7 +98,9 @@ def train_small_cnn(x_train, y_train, x_valid, y_valid, side, epochs):
         for i in range(0, len(order), 64):
             batch = order[i:i + 64]
             loss = softmax_cross_entropy(model(Variable(x_train[batch])), y_train[batch])
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     with eval_mode(): return accuracy(model(Variable(x_valid)), y_valid).item()
 
 
@@ -109,5 +116,6 @@ def test_small_cnn_on_our_engine_learns_the_digits():
 def test_small_cnn_on_our_engine_learns_an_mnist_subset():
     from exp.data import load_mnist
     x_train, y_train, x_valid, y_valid = load_mnist(SHARED_MNIST)
-    valid_accuracy = train_small_cnn(x_train[:2560], y_train[:2560], x_valid[:2000], y_valid[:2000], side=28, epochs=1)
+    valid_accuracy = train_small_cnn(x_train[:2560], y_train[:2560], x_valid[:2000], y_valid[:2000], side=28,
+                                     epochs=1)
     assert valid_accuracy > 0.8, valid_accuracy  # 0.84 after 40 steps

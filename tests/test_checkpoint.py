@@ -6,12 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from exp.checkpoint import (CheckpointCallback, CheckpointError, atomic_save, get_rng_states, load_checkpoint,
-                            read_checkpoint, save_checkpoint, set_rng_states)
+from exp.checkpoint import (
+    CheckpointCallback,
+    CheckpointError,
+    atomic_save,
+    get_rng_states,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    set_rng_states,
+)
 from exp.learner import Callback, Learner
-from exp.training import accuracy, DataLoaders, set_seed
 from exp.schedule import ParamScheduler, sched_cos
-
+from exp.training import DataLoaders, accuracy, set_seed
 
 class SimulatedCrash(Exception): pass
 
@@ -64,7 +71,8 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path):
     with pytest.raises(SimulatedCrash):
         make_learner(cbs=[cb()]).fit(3, cbs=CrashAt(epoch=1, batch=6))
     ckpt = read_checkpoint(path)
-    assert (ckpt["epoch"], ckpt["iter"], ckpt["train_iter"]) == (1, 6, 16)  # 10 batches an epoch, saved after step 16
+    # 10 batches an epoch, saved after step 16
+    assert (ckpt["epoch"], ckpt["iter"], ckpt["train_iter"]) == (1, 6, 16)
     resumed = make_learner(cbs=[cb(resume=path)], seed=3).fit(3)
     assert params_equal(reference, resumed)
 
@@ -107,7 +115,8 @@ def test_rng_states_round_trip_through_weights_only(tmp_path):
     dl = DataLoaders.from_tensors(*_data(), batch_size=32, seed=0).train
     save_path = tmp_path / "rng.pt"
     atomic_save({"rng": get_rng_states(dl)}, save_path)
-    draw = lambda: (torch.rand(3).tolist(), random.random(), float(np.random.rand()), dl.sampler.order().tolist())
+    draw = lambda: (torch.rand(3).tolist(), random.random(), float(np.random.rand()),
+                    dl.sampler.order().tolist())
     first = draw()
     set_rng_states(torch.load(save_path, weights_only=True)["rng"], dl)
     assert draw() == first

@@ -1,11 +1,30 @@
 """exp.data: the embedded digits, and MNIST through the real download path on a loopback mirror."""
-import gzip, hashlib, http.server, os, shutil, socket, subprocess, sys, threading, warnings
+import gzip
+import hashlib
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
 from functools import partial
 from pathlib import Path
+
 import pytest
 import torch
-from exp.data import (DatasetUnavailable, MNIST_FILES, dataset_name, fetch_mnist_file, get_data,
-                      image_size, load_digits, load_mnist, parse_idx)
+
+from exp.data import (
+    MNIST_FILES,
+    DatasetUnavailable,
+    dataset_name,
+    fetch_mnist_file,
+    get_data,
+    image_size,
+    load_digits,
+    load_mnist,
+    parse_idx,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -96,7 +115,8 @@ def test_corrupt_download_is_rejected_and_never_cached(mirror, tmp_path):
     assert "rejected, not a complete gzip file" in str(error.value)
     assert not cache.exists() or list(cache.iterdir()) == []
     # Valid gzip but the wrong content: caught by the checksum
-    (served / LABELS).write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + b"\x01\x02\x03"))
+    wrong = b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + b"\x01\x02\x03"
+    (served / LABELS).write_bytes(gzip.compress(wrong))
     with pytest.raises(DatasetUnavailable, match="SHA-256"):
         fetch_mnist_file(cache, LABELS, mirrors=[url])
     assert not cache.exists() or list(cache.iterdir()) == []
@@ -130,14 +150,16 @@ def test_issue_command_prints_mnist_shapes():
     "The check from the issue: read the shared files through EXP_DATA_HOME."
     env = {"EXP_DATASET": "mnist", "EXP_DATA_HOME": str(SHARED_MNIST.parent), "PATH": "/usr/bin:/bin",
            "EXP_MNIST_MIRRORS": closed_port_url()}
-    out = subprocess.run([sys.executable, "-c", "from exp.data import get_data; print([tuple(t.shape) for t in get_data()])"],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    code = "from exp.data import get_data; print([tuple(t.shape) for t in get_data()])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=120)
     assert out.stdout.strip() == "[(60000, 784), (60000,), (10000, 784), (10000,)]", out.stderr
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_write_atomically_bytes_or_writer_mode_and_failure(tmp_path):
-    "Bytes or a writing function; a new file gets the umask's mode (not mkstemp's 0600); a failure keeps the old file."
+    """Bytes or a writing function; a new file gets the umask's mode (not mkstemp's 0600); a failure keeps the
+    old file."""
     from exp.data import write_atomically
     old_umask = os.umask(0o022)
     try:
@@ -173,6 +195,7 @@ def test_tinyshakespeare_ships_in_the_package_and_is_the_real_corpus():
 
 def test_tinyshakespeare_damaged_or_missing_copy_is_refused_with_the_fix(tmp_path):
     import bz2
+
     from exp.data import load_tinyshakespeare
     text = load_tinyshakespeare()
     edited = tmp_path / "edited.txt.bz2"
@@ -192,8 +215,9 @@ def test_the_built_wheel_carries_the_corpus(tmp_path):
     "What `pip install` gets (not just an editable checkout) has the compressed corpus in exp/assets/."
     import zipfile
     root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
-                             "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
+               "-w", str(tmp_path), "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     wheel, = tmp_path.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -1,12 +1,24 @@
 """The data block API: a real folder of PNGs written and read back equal; bad files named."""
-import warnings
 import pytest
 import torch
-from exp.data import load_digits
-from exp.data_block import (to_uint8, save_images, get_files, get_image_files, FolderSplitter, RandomSplitter,
-                            FuncSplitter, parent_label, CategoryProcessor, CorruptImageError, open_image,
-                            check_images, DataBlock, collate_images)
 
+from exp.data import load_digits
+from exp.data_block import (
+    CategoryProcessor,
+    CorruptImageError,
+    DataBlock,
+    FolderSplitter,
+    FuncSplitter,
+    RandomSplitter,
+    check_images,
+    collate_images,
+    get_files,
+    get_image_files,
+    open_image,
+    parent_label,
+    save_images,
+    to_uint8,
+)
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):

@@ -1,5 +1,7 @@
 "Export to TorchScript and ONNX (outputs equal the model's), loading either, and the predict CLI."
-import subprocess, sys, warnings
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +9,16 @@ import pytest
 import torch
 
 from exp.conv import get_cnn_model, init_cnn
-from exp.deploy import (DeployError, export_onnx, export_torchscript, load_exported, model_info, predict_files,
-                        read_image, save_image)
+from exp.deploy import (
+    DeployError,
+    export_onnx,
+    export_torchscript,
+    load_exported,
+    model_info,
+    predict_files,
+    read_image,
+    save_image,
+)
 from exp.training import set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +36,9 @@ def exported(tmp_path_factory):
     y = torch.randint(0, 10, (64,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(5):
-        torch.nn.functional.cross_entropy(model(x), y).backward(); opt.step(); opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
     model.eval()
     info = model_info(8)
     ts = export_torchscript(model, folder / "m.pt", x, info)
@@ -109,12 +121,16 @@ def test_cli(exported, tmp_path):
 
 def test_image_to_row_reads_bytes_like_files(tmp_path):
     from io import BytesIO
+
     from exp.deploy import image_to_row
     row = np.random.default_rng(2).random(64).astype(np.float32)
     path = save_image(row, tmp_path / "a.png")
-    np.testing.assert_array_equal(image_to_row(BytesIO(path.read_bytes()), model_info(8), "the body"), read_image(path, model_info(8)))
-    with pytest.raises(DeployError, match=r"cannot read the body: not an image that Pillow can open \(UnidentifiedImageError\)"):
+    np.testing.assert_array_equal(image_to_row(BytesIO(path.read_bytes()), model_info(8), "the body"),
+                                  read_image(path, model_info(8)))
+    expected = r"cannot read the body: not an image that Pillow can open \(UnidentifiedImageError\)"
+    with pytest.raises(DeployError, match=expected):
         image_to_row(BytesIO(b"not a png"), model_info(8), "the body")
     not_png = tmp_path / "text.png"
     not_png.write_text("hello")
-    with pytest.raises(DeployError, match=r"cannot read image .*text.png.*not an image"): read_image(not_png, model_info(8))
+    with pytest.raises(DeployError, match=r"cannot read image .*text.png.*not an image"): read_image(not_png,
+                       model_info(8))

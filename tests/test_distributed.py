@@ -1,5 +1,8 @@
-"Data-parallel training: 2 gloo processes × batch b equal 1 process × batch 2b; the callback in a world of one."
-import os, socket, subprocess, sys
+"Data-parallel training: 2 gloo processes × batch b equal 1 process × batch 2b; the callback alone."
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,14 +11,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from exp.distributed import DistributedCallback, default_backend, is_main_process, rank, shard_loader, world_size
+from exp.distributed import (
+    DistributedCallback,
+    default_backend,
+    is_main_process,
+    rank,
+    shard_loader,
+    world_size,
+)
 from exp.learner import Callback, Learner
 from exp.training import DataLoader, DataLoaders, set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import ddp_train  # noqa: E402
-
 
 def free_port():
     "A free TCP port on the loopback interface."
@@ -102,7 +111,9 @@ def test_callback_needs_a_process_group():
 def test_shard_loader_splits_the_data():
     x, y = _data(40)
     dl = DataLoader(DataLoaders.from_tensors(x, y, x, y).train.dataset, 5)
-    shards = [torch.cat([yb for _, yb in shard_loader(dl, shuffle=False, rank=r, world_size=2)]) for r in range(2)]
+    def targets(rank):
+        return torch.cat([yb for _, yb in shard_loader(dl, shuffle=False, rank=rank, world_size=2)])
+    shards = [targets(rank) for rank in range(2)]
     assert [len(s) for s in shards] == [20, 20]
     torch.testing.assert_close(shards[0], y[0::2])
     torch.testing.assert_close(shards[1], y[1::2])

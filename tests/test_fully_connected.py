@@ -3,15 +3,28 @@ import pytest
 import torch
 from torch import nn
 
-from exp.fully_connected import (Lin, Model, Mse, Relu, autograd_gradients, forward_and_backward, lin,
-                                 lin_grad, mse, mse_grad, normalize, relu, relu_grad)
+from exp.fully_connected import (
+    Lin,
+    Model,
+    Mse,
+    Relu,
+    autograd_gradients,
+    forward_and_backward,
+    lin,
+    lin_grad,
+    mse,
+    mse_grad,
+    normalize,
+    relu,
+    relu_grad,
+)
 from exp.testing import test_near
-
 
 def random_problem(n=64, n_in=20, n_hidden=16, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     def randn(*shape): return torch.randn(*shape, generator=g, dtype=dtype)
-    return randn(n, n_in), randn(n), randn(n_in, n_hidden) * 0.3, randn(n_hidden), randn(n_hidden, 1) * 0.3, randn(1)
+    return randn(n, n_in), randn(n), randn(n_in, n_hidden) * 0.3, randn(n_hidden), randn(n_hidden,
+                 1) * 0.3, randn(1)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
@@ -32,9 +45,12 @@ def test_gradients_match_finite_differences():
     _, grads = forward_and_backward(x, y, w1, b1, w2, b2)
     eps = 1e-6
     for i, j in [(0, 0), (2, 3), (4, 1)]:
-        bumped = w1.clone(); bumped[i, j] += eps
-        dipped = w1.clone(); dipped[i, j] -= eps
-        numeric = (mse(lin(relu(lin(x, bumped, b1)), w2, b2), y) - mse(lin(relu(lin(x, dipped, b1)), w2, b2), y)) / (2 * eps)
+        bumped = w1.clone()
+        bumped[i, j] += eps
+        dipped = w1.clone()
+        dipped[i, j] -= eps
+        def loss(w): return mse(lin(relu(lin(x, w, b1)), w2, b2), y)
+        numeric = (loss(bumped) - loss(dipped)) / (2 * eps)
         assert abs(numeric.item() - grads["w1"][i, j].item()) < 1e-6
 
 
@@ -55,7 +71,8 @@ def test_piece_gradients_against_autograd():
     output = torch.randn(6, 1, dtype=torch.float64, requires_grad=True)
     target = torch.randn(6, dtype=torch.float64)
     torch.nn.functional.mse_loss(output.squeeze(-1), target).backward()
-    test_near(mse(output.detach(), target), torch.nn.functional.mse_loss(output.detach().squeeze(-1), target), atol=1e-12)
+    test_near(mse(output.detach(), target), torch.nn.functional.mse_loss(output.detach().squeeze(-1), target),
+              atol=1e-12)
     test_near(mse_grad(output.detach(), target), output.grad, atol=1e-12)
 
 
@@ -64,12 +81,15 @@ def test_modules_equal_autograd_and_nn_module():
     model = Model(w1, b1, w2, b2)
     loss = model(x, y)
     x_grad = model.backward()
-    assert isinstance(model.layers[0], Lin) and isinstance(model.layers[1], Relu) and isinstance(model.loss, Mse)
+    assert isinstance(model.layers[0], Lin) and isinstance(model.layers[1], Relu) and isinstance(model.loss,
+                      Mse)
 
     torch_layers = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 1)).double()
     with torch.no_grad():
-        torch_layers[0].weight.copy_(w1.t()); torch_layers[0].bias.copy_(b1)
-        torch_layers[2].weight.copy_(w2.t()); torch_layers[2].bias.copy_(b2)
+        torch_layers[0].weight.copy_(w1.t())
+        torch_layers[0].bias.copy_(b1)
+        torch_layers[2].weight.copy_(w2.t())
+        torch_layers[2].bias.copy_(b2)
     x_leaf = x.clone().requires_grad_()
     torch_loss = mse(torch_layers(x_leaf), y)
     torch_loss.backward()

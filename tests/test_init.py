@@ -5,8 +5,18 @@ import pytest
 import torch
 from torch import nn
 
-from exp.init import (fans, kaiming_normal_, kaiming_std, kaiming_uniform_, layer_stats, leaky_relu_gain,
-                      make_weights, xavier_normal_, xavier_std, xavier_uniform_)
+from exp.init import (
+    fans,
+    kaiming_normal_,
+    kaiming_std,
+    kaiming_uniform_,
+    layer_stats,
+    leaky_relu_gain,
+    make_weights,
+    xavier_normal_,
+    xavier_std,
+    xavier_uniform_,
+)
 from exp.testing import test_near
 
 SHAPES = [(10, 784), (256, 256), (32, 16, 3, 3), (5, 1, 7), (1, 1)]
@@ -81,12 +91,15 @@ def test_layer_stats_follows_the_stack_by_hand():
     weights = make_weights([8, 6, 5, 4], kaiming_normal_, g)
     assert [tuple(w.shape) for w in weights] == [(6, 8), (5, 6), (4, 5)]
     means, stds = layer_stats(x, weights)
-    h1 = x @ weights[0].t(); h2 = torch.relu(h1) @ weights[1].t(); h3 = torch.relu(h2) @ weights[2].t()
+    h1 = x @ weights[0].t()
+    h2 = torch.relu(h1) @ weights[1].t()
+    h3 = torch.relu(h2) @ weights[2].t()
     for i, h in enumerate((h1, h2, h3)):
         assert means[i] == pytest.approx(h.mean().item(), abs=1e-6)
         assert stds[i] == pytest.approx(h.std().item(), rel=1e-5)
     _, linear_stds = layer_stats(x, weights, activation=None)
-    assert linear_stds[2] == pytest.approx((x @ weights[0].t() @ weights[1].t() @ weights[2].t()).std().item(), rel=1e-5)
+    third = x @ weights[0].t() @ weights[1].t() @ weights[2].t()
+    assert linear_stds[2] == pytest.approx(third.std().item(), rel=1e-5)
 
 
 def normal_(std):

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from exp.matmul import (MATMUL_VARIANTS, check_matmul_shapes, matmul_gflops, median_times,
-                        matmul_python)
+from exp.matmul import MATMUL_VARIANTS, check_matmul_shapes, matmul_gflops, matmul_python, median_times
 from exp.testing import test_near
 
 SHAPES = [(5, 784, 10), (1, 7, 3), (4, 6, 1), (1, 1, 1), (1, 9, 1), (3, 1, 5), (17, 33, 8)]

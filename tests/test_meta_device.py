@@ -12,6 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exp.learner import Callback, Learner
+from exp.norm import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RunningBatchNorm
+from exp.training import DataLoaders, accuracy
+
 META = torch.device("meta")
 
 
@@ -30,8 +34,6 @@ def first(y): return y[0] if isinstance(y, tuple) else y
 
 
 # --- layers ------------------------------------------------------------------------------------------
-
-from exp.norm import BatchNorm, LayerNorm, InstanceNorm, GroupNorm, RunningBatchNorm
 
 NORMS = {"BatchNorm": lambda: BatchNorm(6), "LayerNorm": lambda: LayerNorm((6, 5, 5)),
          "InstanceNorm": lambda: InstanceNorm(6), "GroupNorm": lambda: GroupNorm(2, 6),
@@ -61,14 +63,14 @@ def test_convolutions_from_scratch_on_meta():
 
 
 def test_cnn_with_general_relu_on_meta():
-    from exp.conv import get_cnn_model, init_cnn, GeneralRelu
+    from exp.conv import GeneralRelu, get_cnn_model, init_cnn
     assert forward_backward(init_cnn(get_cnn_model()), torch.randn(4, 64)).shape == (4, 10)
     relu_model = nn.Sequential(nn.Linear(3, 4), GeneralRelu(leak=0.1, sub=0.4))
     assert forward_backward(relu_model, torch.randn(2, 3)).shape == (2, 4)
 
 
 def test_xresnets_on_meta():
-    from exp.resnet import xresnet_small, xresnet18
+    from exp.resnet import xresnet18, xresnet_small
     assert forward_backward(xresnet_small(), torch.randn(2, 1, 8, 8)).shape == (2, 10)
     assert forward_backward(xresnet18(n_out=7), torch.randn(2, 3, 64, 64)).shape == (2, 7)
 
@@ -91,8 +93,13 @@ def test_char_model_and_stateful_on_meta():
 
 
 def test_attention_and_positions_on_meta():
-    from exp.attention import (MultiHeadAttention, LearnedPositions, SinusoidalPositions, apply_rotary,
-                               causal_mask)
+    from exp.attention import (
+        LearnedPositions,
+        MultiHeadAttention,
+        SinusoidalPositions,
+        apply_rotary,
+        causal_mask,
+    )
     x = torch.randn(2, 5, 8)
     assert forward_backward(MultiHeadAttention(8, 2), x, output=first).shape == (2, 5, 8)
     assert forward_backward(LearnedPositions(10, 8), x).shape[-1] == 8
@@ -138,10 +145,6 @@ def test_batch_augment_on_meta():
 
 # --- the Learner and the callbacks that move things between devices ---------------------------------
 
-from exp.learner import Callback, Learner
-from exp.training import accuracy, DataLoaders
-
-
 def digit_dls(n_train=60, n_valid=30, batch_size=20, images=False):
     from exp.data import load_digits
     x_train, y_train, x_valid, y_valid = load_digits()
@@ -175,10 +178,10 @@ def test_device_callback_moves_model_and_batches_to_meta():
 
 def test_default_callbacks_of_a_cnn_fit_on_meta():
     "The schedules, the Recorder, mixup, gradient clipping, checkpoint-free callbacks: all on meta, no sync."
-    from exp.schedule import ParamScheduler, Recorder, sched_cos
     from exp.mixup import MixUp
-    from exp.transformer import GradientClipping
     from exp.resnet import xresnet_small
+    from exp.schedule import ParamScheduler, Recorder, sched_cos
+    from exp.transformer import GradientClipping
     where = Where()
     learn = Learner(xresnet_small(), digit_dls(images=True), F.cross_entropy, device="meta", metrics=accuracy,
                     logger=None, cbs=[ParamScheduler({"lr": sched_cos(0.1, 0.01)}), Recorder(), MixUp(seed=0),
@@ -188,7 +191,9 @@ def test_default_callbacks_of_a_cnn_fit_on_meta():
 
 
 def test_progress_bar_on_meta(monkeypatch):
-    import io, contextlib
+    import contextlib
+    import io
+
     from exp.progress import ProgressCallback
     torch.manual_seed(0)
     with contextlib.redirect_stdout(io.StringIO()):

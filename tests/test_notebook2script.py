@@ -1,6 +1,8 @@
 """notebook2script.py: what it exports, how it names modules, and how it fails."""
-import subprocess, sys
+import subprocess
+import sys
 from pathlib import Path
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -77,10 +79,12 @@ def test_reexport_is_byte_identical_and_utf8(project):
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
 def test_new_files_follow_the_umask_and_rewrites_keep_the_mode(project):
     "The temporary file behind an atomic write is 0600; the module written through it must not stay so."
-    cmd = [sys.executable, str(ROOT / "notebook2script.py"), "--nbs_path", str(project / "nbs"), "--lib_path", str(project / "lib")]
+    cmd = [sys.executable, str(ROOT / "notebook2script.py"), "--nbs_path", str(project / "nbs"), "--lib_path",
+           str(project / "lib")]
     for umask, expected in [(0o022, 0o644), (0o077, 0o600)]:
         for p in (project / "lib").glob("*.py"): p.unlink()
-        subprocess.run(["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *cmd], check=True, capture_output=True, cwd=project)
+        subprocess.run(["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *cmd], check=True,
+                       capture_output=True, cwd=project)
         assert {p.name: p.stat().st_mode & 0o777 for p in (project / "lib").glob("*.py")} == \
             {p.name: expected for p in (project / "lib").glob("*.py")} and expected
     module = project / "lib" / "basics.py"
@@ -125,7 +129,8 @@ def test_invalid_json_names_notebook_and_writes_nothing(project):
 def test_syntax_error_names_notebook_and_cell_and_writes_nothing(project):
     export(project)
     # Edit a good cell too: its module must not be rewritten either, since the run as a whole fails
-    write_nb(project / "nbs" / "00_first.ipynb", "#|default_exp basics", "#|export\ndef area(r): return 2 * r")
+    write_nb(project / "nbs" / "00_first.ipynb", "#|default_exp basics",
+             "#|export\ndef area(r): return 2 * r")
     write_nb(project / "nbs" / "09_bad.ipynb", "print('fine')", "#|export\ndef broken(:\n    pass")
     before = snapshot(project / "lib")
     result = export(project)
@@ -143,7 +148,8 @@ def test_one_notebook_exports_only_its_modules(project):
 
 
 def test_several_notebooks_feed_one_module_in_order(project):
-    write_nb(project / "nbs" / "01_more.ipynb", "#|default_exp basics", "#|export\ndef volume(r): return area(r) * r")
+    write_nb(project / "nbs" / "01_more.ipynb", "#|default_exp basics",
+             "#|export\ndef volume(r): return area(r) * r")
     export(project)
     text = (project / "lib" / "basics.py").read_text(encoding="utf-8")
     assert "File to edit: nbs/00_first.ipynb, nbs/01_more.ipynb" in text

@@ -1,12 +1,14 @@
-"""Committed notebooks are clean and carry fresh outputs: valid nbformat 4.5+, the python3 kernelspec, cell ids,
-and the outputs of one top-to-bottom run of their current code on the embedded digits.
+"""Committed notebooks are clean and carry fresh outputs: valid nbformat 4.5+, the python3 kernelspec, cell
+ids, and the outputs of one top-to-bottom run of their current code on the embedded digits.
 
 A reader on GitHub, in JupyterLab before running, or on the course website sees the plots and tables the
 prose points at. The outputs can never go stale: `run_notebook.py --save` stamps the notebook with a
 fingerprint of its code cells, and a notebook whose code changed since is reported here. Volatile metadata
 (execution timestamps, kernel ids) is stripped, so that diffs show what changed in the lesson.
 """
-import base64, json, sys
+import base64
+import json
+import sys
 from pathlib import Path
 
 import nbformat
@@ -73,7 +75,8 @@ def problems_of(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_clean_and_its_outputs_are_fresh(path):
     problems = problems_of(path)
-    assert not problems, (f"nbs/{path.name}: " + REGENERATE.format(name=path.name) + "\n- " + "\n- ".join(problems))
+    where = f"nbs/{path.name}: " + REGENERATE.format(name=path.name)
+    assert not problems, where + "\n- " + "\n- ".join(problems)
 
 
 def test_nbs_stays_small():

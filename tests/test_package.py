@@ -1,6 +1,8 @@
 """The generated package: importable from anywhere, with nothing happening at import."""
-import subprocess, sys
+import subprocess
+import sys
 from pathlib import Path
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,7 +15,7 @@ for name in sys.argv[1:]:
     module = importlib.import_module('exp.' + name)
     assert set(os.listdir('.')) == before, f'importing exp.{name} wrote files'
     assert not torch.cuda.is_initialized(), f'importing exp.{name} touched CUDA'
-    assert 'matplotlib.pyplot' not in sys.modules, f'importing exp.{name} loaded pyplot (import it inside the plotting function)'
+    assert 'matplotlib.pyplot' not in sys.modules, f'importing exp.{name} loaded pyplot (import it to plot)'
     assert all(hasattr(module, n) for n in module.__all__), f'exp.{name}.__all__ names something it lacks'
     print('imported', name)
 """
@@ -21,9 +23,11 @@ for name in sys.argv[1:]:
 
 def test_every_module_imports_cleanly_from_another_folder(tmp_path):
     "One fresh interpreter imports the modules one by one, checking after each that nothing happened."
-    result = subprocess.run([sys.executable, "-c", PROBE, *MODULES], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    result = subprocess.run([sys.executable, "-c", PROBE, *MODULES], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines() == [f"imported {name}" for name in MODULES], "importing printed something: " + result.stdout
+    expected = [f"imported {name}" for name in MODULES]
+    assert result.stdout.splitlines() == expected, "importing printed something: " + result.stdout
 
 
 def test_every_generated_module_names_its_notebook():
@@ -41,16 +45,20 @@ def test_nbdev2_reads_our_settings():
     assert config.lib_name == "foundations" and config.version
 
 
-LOCAL_MODULES = {"exp", "conftest", "notebook2script", "run_notebook", "ddp_train", "engine_checks"}
+# the project's own modules: the package, and the scripts beside the files that import them
+LOCAL_MODULES = {"exp"} | {p.stem for folder in ("", "tests", "benchmarks", "docs")
+                           for p in (ROOT / folder).glob("*.py")}
 # Packages that a declared one promises to bring (ipykernel depends on IPython).
 BROUGHT_BY_DECLARED = {"IPython": "ipykernel"}
 
 
 def _declared_distributions():
-    import configparser, re
+    import configparser
+    import re
     config = configparser.ConfigParser()
     config.read(ROOT / "settings.ini")
-    keys = ("requirements", "dev_requirements", "serve_requirements", "docs_requirements", "bench_requirements")
+    keys = ("requirements", "dev_requirements", "serve_requirements", "docs_requirements",
+            "bench_requirements")
     return {re.split(r"[<>=!~ ]", req)[0].lower().replace("_", "-")
             for key in keys for req in config["DEFAULT"].get(key, "").split()}
 
@@ -58,20 +66,23 @@ def _declared_distributions():
 def _code_sources():
     "(file, source) for the package, the CLIs, tests, benchmarks and every notebook's code cells."
     import json
-    files = [*ROOT.glob("*.py"), *(ROOT / "exp").glob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"),
-             *(ROOT / "docs").glob("*.py")]
+    files = [*ROOT.glob("*.py"), *(ROOT / "exp").glob("*.py"), *(ROOT / "tests").rglob("*.py"),
+             *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "docs").glob("*.py")]
     for path in files:
         yield path.relative_to(ROOT), path.read_text(encoding="utf-8")
     for notebook in sorted((ROOT / "nbs").glob("*.ipynb")):
         for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
             if cell["cell_type"] == "code":  # drop IPython magics and shell lines, which ast cannot parse
                 lines = "".join(cell["source"]).splitlines()
-                yield notebook.relative_to(ROOT), "\n".join(l for l in lines if not l.lstrip().startswith(("%", "!")))
+                code = "\n".join(line for line in lines if not line.lstrip().startswith(("%", "!")))
+                yield notebook.relative_to(ROOT), code
 
 
 def test_every_third_party_import_is_declared_in_settings_ini():
-    "CI installs only what settings.ini names: a package that merely happens to be installed here must not be relied on."
-    import ast, importlib.metadata
+    """CI installs only what settings.ini names: a package that merely happens to be installed here must not
+    be relied on."""
+    import ast
+    import importlib.metadata
     installed_by = importlib.metadata.packages_distributions()
     declared = _declared_distributions()
     undeclared = {}
@@ -89,20 +100,23 @@ def test_every_third_party_import_is_declared_in_settings_ini():
                 dists = {d.lower().replace("_", "-") for d in installed_by.get(top, [top])}
                 if not dists & declared:
                     undeclared.setdefault(top, set()).add(str(where))
-    assert not undeclared, "imported but not declared in settings.ini (add them to requirements or dev_requirements): " + \
-        "; ".join(f"{m} in {', '.join(sorted(w))}" for m, w in sorted(undeclared.items()))
+    where = "; ".join(f"{m} in {', '.join(sorted(w))}" for m, w in sorted(undeclared.items()))
+    fix = "add them to requirements or dev_requirements"
+    assert not undeclared, f"imported but not declared in settings.ini ({fix}): {where}"
 
 
 def test_the_python_version_claimed_is_the_one_tested():
     "settings.ini, setup.py and the README name one minimum Python, and the tests run on it or later."
-    import configparser, re
+    import configparser
+    import re
     config = configparser.ConfigParser()
     config.read(ROOT / "settings.ini")
     minimum = config["DEFAULT"]["min_python"]
-    assert sys.version_info[:2] >= tuple(map(int, minimum.split("."))), f"tests run on {sys.version}, below {minimum}"
+    below = sys.version_info[:2] < tuple(map(int, minimum.split(".")))
+    assert not below, f"tests run on {sys.version}, below {minimum}"
     assert 'python_requires=">=" + cfg["min_python"]' in (ROOT / "setup.py").read_text(encoding="utf-8")
     claims = re.findall(r"Python ≥ (\d+\.\d+)", (ROOT / "README.md").read_text(encoding="utf-8"))
-    assert claims and set(claims) == {minimum}, f"README claims Python ≥ {claims}, settings.ini says {minimum}"
+    assert claims and set(claims) == {minimum}, f"README claims Python ≥ {claims}; settings.ini: {minimum}"
 
 
 def test_the_readme_tour_names_every_lesson_once():

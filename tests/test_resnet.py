@@ -1,10 +1,11 @@
-"""XResNet: output shapes for 1- and 3-channel inputs, zero-γ blocks start as identity, model_summary adds up, it learns."""
+"""XResNet: output shapes for 1- and 3-channel inputs, zero-γ blocks start as identity, model_summary adds up,
+it learns."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from exp.resnet import conv_bn, ResBlock, XResNet, xresnet18, xresnet_small, model_summary
 
+from exp.resnet import ResBlock, model_summary, xresnet18, xresnet_small
 
 @pytest.mark.parametrize("c_in,size", [(1, 8), (3, 8), (1, 28), (3, 28)])
 def test_output_shapes(c_in, size):
@@ -53,6 +54,8 @@ def test_learns_a_small_problem(one_thread):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(30):
         loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     model.eval()
     assert (model(x).argmax(1) == y).float().mean() > 0.9

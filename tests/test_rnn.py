@@ -1,17 +1,34 @@
 """The from-scratch RNN/LSTM/GRU against PyTorch's, and truncated BPTT's detaching."""
-import time
 
 import pytest
 import torch
 from torch import nn
 
 from exp.learner import Callback, Learner
-from exp.training import DataLoaders
-from exp.rnn import (GRU, LSTM, RNN, GRUCell, LSTMCell, ResetStateCallback, RNNCell, SequenceLoader, Stateful,
-                     copy_from_torch, copy_to_torch, detach_state, from_torch, graph_size, lstm_step,
-                     sequence_loss, torch_parameter_name, CharVocab, CharModel, sample)
+from exp.rnn import (
+    GRU,
+    LSTM,
+    RNN,
+    CharModel,
+    CharVocab,
+    GRUCell,
+    LSTMCell,
+    ResetStateCallback,
+    RNNCell,
+    SequenceLoader,
+    Stateful,
+    copy_from_torch,
+    copy_to_torch,
+    detach_state,
+    from_torch,
+    graph_size,
+    lstm_step,
+    sample,
+    sequence_loss,
+    torch_parameter_name,
+)
 from exp.testing import test_near
-
+from exp.training import DataLoaders
 
 @pytest.fixture(autouse=True)
 def _single_thread(one_thread):
@@ -44,8 +61,9 @@ def run_both(ours, theirs, x, state):
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("kind,options", [(nn.RNN, {}), (nn.RNN, {"nonlinearity": "relu"}), (nn.LSTM, {}), (nn.GRU, {}),
-                                          (nn.LSTM, {"bias": False}), (nn.GRU, {"bias": False})])
+@pytest.mark.parametrize("kind,options", [(nn.RNN, {}), (nn.RNN, {"nonlinearity": "relu"}), (nn.LSTM, {}),
+                                          (nn.GRU, {}), (nn.LSTM, {"bias": False}),
+                                          (nn.GRU, {"bias": False})])
 def test_sequence_modules_equal_torch(kind, options, layers):
     torch.manual_seed(layers)
     theirs = kind(INPUT, HIDDEN, num_layers=layers, batch_first=True, **options)
@@ -64,7 +82,8 @@ def test_sequence_modules_equal_torch(kind, options, layers):
         for name in t_grads: test_near(grads[name], t_grads[name])
 
 
-@pytest.mark.parametrize("ours_class,theirs_class", [(RNNCell, nn.RNNCell), (LSTMCell, nn.LSTMCell), (GRUCell, nn.GRUCell)])
+@pytest.mark.parametrize("ours_class,theirs_class",
+                         [(RNNCell, nn.RNNCell), (LSTMCell, nn.LSTMCell), (GRUCell, nn.GRUCell)])
 def test_cells_equal_torch_cells(ours_class, theirs_class):
     torch.manual_seed(0)
     theirs = theirs_class(INPUT, HIDDEN)
@@ -92,8 +111,10 @@ def test_copy_to_torch_round_trip_and_shape_check():
     x = torch.randn(BATCH, STEPS, INPUT)
     test_near(ours(x)[0], theirs(x)[0])
     with pytest.raises(ValueError, match="shape"): copy_to_torch(nn.LSTM(INPUT, HIDDEN, num_layers=2), ours)
-    with pytest.raises(ValueError, match="no parameter"): copy_from_torch(GRU(INPUT, HIDDEN, num_layers=3), theirs)
-    with pytest.raises(ValueError, match="not implemented"): from_torch(nn.LSTM(INPUT, HIDDEN, bidirectional=True))
+    with pytest.raises(ValueError, match="no parameter"): copy_from_torch(GRU(INPUT, HIDDEN, num_layers=3),
+                       theirs)
+    with pytest.raises(ValueError,
+                       match="not implemented"): from_torch(nn.LSTM(INPUT, HIDDEN, bidirectional=True))
 
 
 def test_torch_parameter_names():
@@ -141,7 +162,8 @@ def carried_states(detach, n_batches=6):
     states, sizes, state = [], [], None
     for x, _ in loader:
         out, state = model(x, state)
-        states.append(state); sizes.append(graph_size(state[0]))
+        states.append(state)
+        sizes.append(graph_size(state[0]))
         if detach: state = detach_state(state)
     return states, sizes
 
@@ -196,7 +218,8 @@ def test_stateful_carries_detached_state_between_calls():
 
 
 def test_learner_trains_stateful_model_and_resets_state_each_pass():
-    "With the Learner, ResetStateCallback zeroes the state before training and validation, and the loss falls."
+    """With the Learner, ResetStateCallback zeroes the state before training and validation, and the loss
+    falls."""
     torch.manual_seed(0)
     wave = torch.sin(torch.arange(1001, dtype=torch.float32) * 0.2)
     seen = []
@@ -206,7 +229,8 @@ def test_learner_trains_stateful_model_and_resets_state_each_pass():
         def before_train(self): seen.append(("train", self.learn.model.state is None))
         def before_validate(self): seen.append(("valid", self.learn.model.state is None))
 
-    dls = DataLoaders(SequenceLoader(wave[:801], batch_size=8, bptt=10), SequenceLoader(wave[800:], batch_size=2, bptt=10))
+    dls = DataLoaders(SequenceLoader(wave[:801], batch_size=8, bptt=10),
+                      SequenceLoader(wave[800:], batch_size=2, bptt=10))
     learn = Learner(Stateful(SineModel()), dls, loss_func=sequence_loss, lr=0.02, opt_func=torch.optim.Adam,
                     cbs=[ResetStateCallback(), Spy()], logger=None)
     learn.fit(6)
@@ -220,7 +244,8 @@ def test_sequence_loss_picks_mse_or_cross_entropy():
     preds, targets = torch.randn(2, 3), torch.randn(2, 3)
     test_near(sequence_loss(preds, targets), nn.functional.mse_loss(preds, targets))
     logits, classes = torch.randn(2, 3, 7), torch.randint(0, 7, (2, 3))
-    test_near(sequence_loss(logits, classes), nn.functional.cross_entropy(logits.reshape(6, 7), classes.reshape(6)))
+    test_near(sequence_loss(logits, classes),
+              nn.functional.cross_entropy(logits.reshape(6, 7), classes.reshape(6)))
 
 
 def test_lstm_step_runs_on_our_autograd_engine():
@@ -232,9 +257,11 @@ def test_lstm_step_runs_on_our_autograd_engine():
     ((h1 * 2).sum() + (c1 * c1).sum()).backward()
     weights = {n: autograd.Variable(p.detach().clone()) for n, p in cell.named_parameters()}
     inputs = [autograd.Variable(t) for t in (x, h, c)]
-    h2, c2 = lstm_step(*inputs, weights["weight_ih"], weights["weight_hh"], weights["bias_ih"], weights["bias_hh"], ops=autograd)
+    h2, c2 = lstm_step(*inputs, weights["weight_ih"], weights["weight_hh"], weights["bias_ih"],
+                       weights["bias_hh"], ops=autograd)
     ((h2 * 2).sum() + (c2 * c2).sum()).backward()
-    test_near(h2.data, h1); test_near(c2.data, c1)
+    test_near(h2.data, h1)
+    test_near(c2.data, c1)
     for name, p in cell.named_parameters(): test_near(weights[name].grad.data, p.grad)
 
 

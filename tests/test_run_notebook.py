@@ -1,6 +1,10 @@
 """run_notebook.py: headless runs, exit codes, and messages that say where a notebook broke."""
-import os, re, subprocess, sys
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -11,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 def write_nb(path, *cells):
     made = [new_markdown_cell(c[1]) if isinstance(c, tuple) else new_code_cell(c) for c in cells]
-    nbformat.write(new_notebook(cells=made, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), path)
+    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(new_notebook(cells=made, metadata={"kernelspec": kernelspec}), path)
 
 
 def run(*args, env=None, cwd=None):
@@ -22,8 +27,10 @@ def run(*args, env=None, cwd=None):
 @pytest.fixture
 def notebooks(tmp_path):
     write_nb(tmp_path / "01_good.ipynb", ("md", "# fine"), "x = 6 * 7", "print(x)")
-    write_nb(tmp_path / "02_bad.ipynb", "y = 1", ("md", "text"), "z = y / 0  # divide\nprint(z)", "print('never')")
-    write_nb(tmp_path / "03_after.ipynb", "import os\nprint(os.environ.get('EXP_PROBE'))\nopen('ran-03', 'w').close()")
+    write_nb(tmp_path / "02_bad.ipynb", "y = 1", ("md", "text"), "z = y / 0  # divide\nprint(z)",
+             "print('never')")
+    write_nb(tmp_path / "03_after.ipynb",
+             "import os\nprint(os.environ.get('EXP_PROBE'))\nopen('ran-03', 'w').close()")
     return tmp_path
 
 
@@ -37,7 +44,8 @@ def test_one_good_notebook_prints_a_line_and_exits_zero(notebooks):
 def test_failure_names_notebook_cell_first_line_and_exception_and_stops(notebooks):
     result = run(notebooks)
     assert result.returncode == 1
-    assert "02_bad.ipynb: cell 3 ('z = y / 0  # divide') failed: ZeroDivisionError: division by zero" in result.stderr
+    expected = "02_bad.ipynb: cell 3 ('z = y / 0  # divide') failed: ZeroDivisionError: division by zero"
+    assert expected in result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("ok") and lines[1].startswith("failed") and len(lines) == 3
     assert re.fullmatch(r"summary: 1 ok, 1 failed, 1 not run, of 3 notebooks in \d+\.\ds", lines[2]), lines[2]

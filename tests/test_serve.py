@@ -1,5 +1,12 @@
 "The model server: answers equal predict_files, bad input gets 4xx JSON, requests batch, SIGTERM is clean."
-import asyncio, signal, socket, subprocess, sys, threading, time, warnings
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +15,8 @@ import torch
 
 from exp.conv import get_cnn_model, init_cnn
 from exp.deploy import export_onnx, export_torchscript, load_exported, model_info, predict_files, save_image
-from exp.training import set_seed
 from exp.serve import Batcher, create_app
+from exp.training import set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 httpx = pytest.importorskip("httpx")

@@ -1,5 +1,5 @@
 """The package's structure: no import cycle, every public name defined where it is listed, nbdev's exporter
-and ours agree, and the lint floor of ruff.toml holds for the package, the tools, the tests and the benchmarks."""
+and ours agree, and the lint floor of ruff.toml holds for the package, the tools, tests and benchmarks."""
 import ast
 import importlib
 import inspect
@@ -58,8 +58,9 @@ def test_the_package_has_no_import_cycle():
 def test_every_listed_name_is_defined_in_its_module(module):
     "No re-exports: `__all__` lists what the module defines; users import a name from where it is defined."
     mod = importlib.import_module(f"exp.{module}")
-    elsewhere = [name for name in mod.__all__ if (inspect.isclass(obj := getattr(mod, name)) or inspect.isfunction(obj))
-                 and obj.__module__ != mod.__name__]
+    defined = [(name, getattr(mod, name)) for name in mod.__all__]
+    elsewhere = [name for name, obj in defined
+                 if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ != mod.__name__]
     assert not elsewhere, f"exp.{module} lists names defined elsewhere: {elsewhere}"
 
 
@@ -78,12 +79,13 @@ def test_nbdev_export_gives_the_same_modules(tmp_path):
     shutil.copytree(ROOT / "nbs", tmp_path / "nbs", ignore=shutil.ignore_patterns(".*"))
     shutil.copy(ROOT / "settings.ini", tmp_path / "settings.ini")
     nbdev_export = Path(sys.executable).with_name("nbdev_export")
-    command = [str(nbdev_export)] if nbdev_export.exists() else [sys.executable, "-m", "nbdev.cli", "nbdev_export"]
+    command = [str(nbdev_export)] if nbdev_export.exists() else [sys.executable, "-m", "nbdev.cli",
+               "nbdev_export"]
     out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    ours = {p.stem: public_names_of(p) for p in (ROOT / "exp").glob("*.py") if not p.stem.startswith("_")}
-    theirs = {p.stem: public_names_of(p) for p in (tmp_path / "exp").glob("*.py") if not p.stem.startswith("_")}
-    assert sorted(theirs) == sorted(ours), f"only nbdev: {set(theirs) - set(ours)}, only ours: {set(ours) - set(theirs)}"
+    def modules(lib): return {p.stem: public_names_of(p) for p in lib.glob("[!_]*.py")}
+    ours, theirs = modules(ROOT / "exp"), modules(tmp_path / "exp")
+    assert sorted(theirs) == sorted(ours), f"modules: nbdev's {sorted(theirs)}, ours {sorted(ours)}"
     differ = {m: (sorted(set(ours[m]) ^ set(theirs[m]))) for m in ours if set(ours[m]) != set(theirs[m])}
     assert not differ, f"public names that only one exporter gives, per module: {differ}"
 
@@ -91,6 +93,6 @@ def test_nbdev_export_gives_the_same_modules(tmp_path):
 def test_lint_floor():
     "ruff.toml: line length 110, no semicolon-joined statements, sorted imports, pyflakes."
     pytest.importorskip("ruff")
-    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, "ruff finds problems (fix exp/ findings in its notebook):\n" + out.stdout[-6000:]
+    command = [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, "ruff finds problems (fix exp/ ones in the notebook):\n" + out.stdout[-6000:]

@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from exp.data import load_tinyshakespeare
-from exp.tokenizer import (GPT2_SPLIT_PATTERN, BPETokenizer, count_chunks, count_pairs, encode_chunk,
-                           learn_merges, merge_pair, split_on_special)
+from exp.tokenizer import (
+    GPT2_SPLIT_PATTERN,
+    BPETokenizer,
+    count_chunks,
+    count_pairs,
+    encode_chunk,
+    learn_merges,
+    merge_pair,
+    split_on_special,
+)
 
 EOT = "<|endoftext|>"
 UNSEEN = ["", " ", "café naïve", "🙂👍🏽 emoji", "東京は晴れ", "Ünïcödé\t\r\n  trailing ", "x² ½ Ⅻ e\u0301",
@@ -221,7 +229,8 @@ def test_compression_and_merges_match_hugging_face(corpus):
     # the orders differ only among ties: replayed on the chunks, each merge occurs as often in both
     # (leaving out the pairs tied with the last merge: which of those made the cut is a tie too)
     chunk_counts = count_chunks(train)
-    ours_counts, theirs_counts = replay_counts(our_merges, chunk_counts), replay_counts(their_order, chunk_counts)
+    ours_counts, theirs_counts = replay_counts(our_merges, chunk_counts), replay_counts(their_order,
+                                               chunk_counts)
     assert sorted(ours_counts.values(), reverse=True) == list(ours_counts.values())  # most frequent first
     last = min(ours_counts.values())
     assert min(theirs_counts.values()) == last
@@ -232,7 +241,8 @@ def test_compression_and_merges_match_hugging_face(corpus):
 
 
 def replay_counts(merges, chunk_counts):
-    "{merge: how often its pair occurs when it is made}, replaying byte-string `merges` on the chunks in order."
+    """{merge: how often its pair occurs when it is made}, replaying byte-string `merges` on the chunks in
+    order."""
     words = [[bytes([b]) for b in chunk.encode("utf-8")] for chunk in chunk_counts]
     weights, chunks = list(chunk_counts.values()), [chunk.encode("utf-8") for chunk in chunk_counts]
     counts = {}

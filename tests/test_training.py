@@ -1,14 +1,27 @@
 "Tests of exp.training: the loss functions, the optimizer and the data pipeline, against PyTorch."
 import math
+
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 import torch.utils.data
+from torch import nn
 
-from exp.training import (logsumexp, log_softmax, nll, cross_entropy, accuracy, DummyModule, Optimizer,
-                          Dataset, Sampler, DataLoader, collate, fit, set_seed)
-
+from exp.training import (
+    DataLoader,
+    Dataset,
+    DummyModule,
+    Optimizer,
+    Sampler,
+    accuracy,
+    collate,
+    cross_entropy,
+    fit,
+    log_softmax,
+    logsumexp,
+    nll,
+    set_seed,
+)
 
 def logits(scale=1.0, n=64, c=10, seed=0):
     return torch.randn(n, c, generator=torch.Generator().manual_seed(seed)) * scale
@@ -44,7 +57,8 @@ def test_log_softmax_and_logsumexp_equal_torch():
 def test_cross_entropy_gradient_equals_torch():
     x, y = logits(3.0).requires_grad_(), targets()
     cross_entropy(x, y).backward()
-    ours = x.grad.clone(); x.grad = None
+    ours = x.grad.clone()
+    x.grad = None
     F.cross_entropy(x, y).backward()
     assert torch.allclose(ours, x.grad, atol=1e-7)
 
@@ -63,7 +77,8 @@ def test_optimizer_step_equals_torch_sgd():
         opt = opt_class(net.parameters(), lr=0.3)
         for _ in range(3):
             cross_entropy(net(logits(n=32, c=8)), targets(32, 3)).backward()
-            opt.step(); opt.zero_grad()
+            opt.step()
+            opt.zero_grad()
         return [p.detach() for p in net.parameters()]
     for ours, theirs in zip(run(Optimizer), run(torch.optim.SGD)):
         assert torch.allclose(ours, theirs, atol=1e-6)
@@ -123,7 +138,8 @@ def test_dataloader_matches_torch_dataloader():
     for ours, theirs in zip(DataLoader(ds, 16), torch.utils.data.DataLoader(ds, 16)):
         assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
     sampler_a, sampler_b = Sampler(len(ds), shuffle=True, seed=5), Sampler(len(ds), shuffle=True, seed=5)
-    for ours, theirs in zip(DataLoader(ds, 16, sampler=sampler_a), torch.utils.data.DataLoader(ds, 16, sampler=sampler_b)):
+    for ours, theirs in zip(DataLoader(ds, 16, sampler=sampler_a),
+                            torch.utils.data.DataLoader(ds, 16, sampler=sampler_b)):
         assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
 
 
@@ -134,7 +150,8 @@ def test_dataloader_on_any_map_style_dataset():
     batches = list(DataLoader(Pairs(), batch_size=3))
     assert len(batches) == 3
     first, second = batches[0]
-    assert torch.equal(first["x"], torch.tensor([[0, 0], [1, 1], [2, 2]])) and torch.equal(first["n"], torch.tensor([0, 1, 2]))
+    assert torch.equal(first["x"], torch.tensor([[0, 0], [1, 1], [2, 2]])) and torch.equal(first["n"],
+                       torch.tensor([0, 1, 2]))
     assert torch.equal(second, torch.tensor([0., 0.5, 1.0]))
     # a custom collate is honoured (and forces the per-item path)
     x, y = data(10)
@@ -158,8 +175,10 @@ def test_sampler_sequential_and_seeded_shuffle():
 
 
 def test_unseeded_shuffle_follows_torch_manual_seed():
-    torch.manual_seed(11); one = list(Sampler(30, shuffle=True))
-    torch.manual_seed(11); two = list(Sampler(30, shuffle=True))
+    torch.manual_seed(11)
+    one = list(Sampler(30, shuffle=True))
+    torch.manual_seed(11)
+    two = list(Sampler(30, shuffle=True))
     assert one == two
 
 
@@ -176,7 +195,8 @@ def test_seeded_dataloader_reproducible():
 
 def test_fit_learns_a_separable_problem(capsys):
     set_seed(0)
-    x = torch.randn(400, 2); y = (x[:, 0] + x[:, 1] > 0).long()
+    x = torch.randn(400, 2)
+    y = (x[:, 0] + x[:, 1] > 0).long()
     model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2))
     train = DataLoader(Dataset(x[:300], y[:300]), 32, shuffle=True, seed=0)
     valid = DataLoader(Dataset(x[300:], y[300:]), 64)

@@ -7,12 +7,12 @@ from torch import nn
 
 from exp.data import load_digits
 from exp.learner import Learner
-from exp.training import accuracy, DataLoader, DataLoaders, Dataset
 from exp.optimizers import AdamW
 from exp.param_groups import NORM_TYPES
 from exp.resnet import xresnet_small
 from exp.schedule import ParamScheduler, Recorder, one_cycle
 from exp.testing import test_near
+from exp.training import DataLoader, DataLoaders, Dataset, accuracy
 from exp.transfer import (
     count_parameters,
     cut_model,
@@ -29,7 +29,6 @@ from exp.transfer import (
     unfreeze,
     with_discriminative_lrs,
 )
-
 
 @pytest.fixture(autouse=True)
 def _single_thread(one_thread):

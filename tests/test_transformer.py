@@ -3,19 +3,29 @@ from functools import partial
 
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from exp.attention import causal_mask, copy_to_torch
 from exp.learner import Learner
-from exp.training import DataLoaders
 from exp.optimizers import AdamW
 from exp.rnn import sequence_loss
 from exp.schedule import ParamScheduler, one_cycle
 from exp.testing import test_eq, test_near
-from exp.transformer import (GPT, CausalSelfAttention, GradientClipping, KVCache, RandomWindows, TorchGPT,
-                             gelu, generate, next_token, torch_gpt_name, torch_twin)
-
+from exp.training import DataLoaders
+from exp.transformer import (
+    GPT,
+    CausalSelfAttention,
+    GradientClipping,
+    KVCache,
+    RandomWindows,
+    TorchGPT,
+    gelu,
+    generate,
+    next_token,
+    torch_gpt_name,
+    torch_twin,
+)
 
 @pytest.fixture(autouse=True)
 def _single_thread(one_thread):

@@ -6,7 +6,16 @@ writes into the committed ones. Its config, data, runtime and settings folders a
 It is shut down when its test module ends, whatever happened: the REST shutdown first, then the
 process group, then any kernel that still names our runtime folder.
 """
-import json, os, secrets, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +25,8 @@ ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
-PROJECT_FILES = ["nbs", "exp", "benchmarks", "notebook2script.py", "run_notebook.py", "settings.ini"]  # what notebooks read
+# what notebooks read
+PROJECT_FILES = ["nbs", "exp", "benchmarks", "notebook2script.py", "run_notebook.py", "settings.ini"]
 SERVER_START_TIMEOUT = 90
 
 
@@ -89,7 +99,8 @@ def write_lab_settings(config_dir):
     settings = config_dir / "lab" / "user-settings" / "@jupyterlab"
     for plugin, values in {
         "notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-        "apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+        "apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                "checkForUpdates": False},
     }.items():
         path = settings / plugin
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +136,8 @@ class LabServer:
 
 
 def die_with_parent():
-    "Linux: SIGTERM the server if pytest itself is killed (no finalizer runs then); the server stops its kernels."
+    """Linux: SIGTERM the server if pytest itself is killed (no finalizer runs then); the server stops its
+    kernels."""
     try:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -5,7 +5,13 @@ Every lesson page must be reachable from the site's navigation, render its math 
 formula into typeset output: no raw `$$` or `\\(` left in the text), show each plot the notebook carries as a
 decoded image, and show its code cells highlighted. One screenshot per page goes to test-artifacts/site/.
 """
-import functools, http.server, json, re, subprocess, sys, threading
+import functools
+import http.server
+import json
+import re
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
@@ -82,11 +88,13 @@ def wait_for_mathjax(page):
 def test_every_lesson_is_reachable_from_the_navigation(page, server):
     page.goto(server, wait_until="load")
     links = page.eval_on_selector_all("nav a[href]", "links => links.map(a => a.getAttribute('href'))")
-    linked = {Path(urlparse(urljoin(server, href)).path).stem for href in links if "/nbs/" in urljoin(server, href)}
-    assert {p.stem for p in LESSONS} <= linked, f"not in the navigation: {sorted({p.stem for p in LESSONS} - linked)}"
+    lessons = {p.stem for p in LESSONS}
+    urls = [urljoin(server, href) for href in links]
+    linked = {Path(urlparse(url).path).stem for url in urls if "/nbs/" in url}
+    assert lessons <= linked, f"not in the navigation: {sorted(lessons - linked)}"
     tour = page.eval_on_selector_all("table a[href]", "links => links.map(a => a.getAttribute('href'))")
     toured = {Path(href).stem for href in tour if href.startswith("nbs/")}
-    assert {p.stem for p in LESSONS} <= toured, f"the tour does not link {sorted({p.stem for p in LESSONS} - toured)}"
+    assert lessons <= toured, f"the tour does not link {sorted(lessons - toured)}"
     api = page.locator("nav a", has_text="API reference")
     assert api.count() == 1, "no API reference in the navigation"
 
@@ -103,9 +111,9 @@ def test_lesson_page_renders_math_images_and_highlighted_code(page, server, note
     if has_math:
         assert page.locator("article .MathJax, article .MathJax_Display").count() > 0, "no typeset math"
     cells = page.locator("article div.cell_input div.highlight")
-    assert cells.count() == code_cells, f"{cells.count()} highlighted code cells, the notebook has {code_cells}"
-    assert page.locator("article div.cell_input div.highlight span.k, article div.cell_input div.highlight span.n"
-                        ).count() > 0, "code is not highlighted"
+    assert cells.count() == code_cells, f"{cells.count()} code cells highlighted, of {code_cells}"
+    tokens = "article div.cell_input div.highlight span.k, article div.cell_input div.highlight span.n"
+    assert page.locator(tokens).count() > 0, "code is not highlighted"
     shown = page.eval_on_selector_all("article div.cell_output img",
                                       "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
     assert len(shown) == images and all(shown), f"{sum(shown)} of {images} plots shown ({len(shown)} <img>)"
