@@ -5,10 +5,11 @@ __all__ = ['conv_output_size', 'conv2d_loop', 'im2col', 'conv2d_unfold', 'Lambda
 
 # %% nbs/06_conv.ipynb cell 3
 import math
-from functools import partial
+
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
 from .learner import Callback, default_device, to_device
 
 # %% nbs/06_conv.ipynb cell 6
@@ -94,7 +95,8 @@ def get_cnn_model(channels=(8, 16, 32), n_classes=10, norm=None, act=nn.ReLU):
     "A CNN for flat square images: stride-2 `conv_layer`s, average pool, linear classifier."
     sizes = (1,) + tuple(channels)
     layers = [Lambda(to_images)]
-    layers += [conv_layer(sizes[i], sizes[i + 1], 5 if i == 0 else 3, norm=norm, act=act) for i in range(len(channels))]
+    layers += [conv_layer(sizes[i], sizes[i + 1], 5 if i == 0 else 3, norm=norm, act=act)
+               for i in range(len(channels))]
     layers += [nn.AdaptiveAvgPool2d(1), Lambda(flatten), nn.Linear(sizes[-1], n_classes)]
     return nn.Sequential(*layers)
 
@@ -107,7 +109,7 @@ def init_cnn(model, leak=0.):
             if module.bias is not None: nn.init.zeros_(module.bias)
     return model
 
-# %% nbs/06_conv.ipynb cell 31
+# %% nbs/06_conv.ipynb cell 33
 class DeviceCallback(Callback):
     "Train on `device` (default: `default_device()`): moves the model before fit and every batch before use."
     order = -10  # before any callback that looks at the batch

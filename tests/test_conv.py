@@ -3,9 +3,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from exp.conv import (conv2d_loop, conv2d_unfold, im2col, conv_output_size, GeneralRelu, Lambda, to_images,
-                      flatten, conv_layer, get_cnn_model, init_cnn, default_device, to_device)
-from exp.testing import test_near, test_eq
+
+from exp.conv import (
+    GeneralRelu,
+    Lambda,
+    conv2d_loop,
+    conv2d_unfold,
+    conv_layer,
+    conv_output_size,
+    flatten,
+    get_cnn_model,
+    im2col,
+    init_cnn,
+    to_images,
+)
+from exp.learner import default_device, to_device
+from exp.testing import test_eq, test_near
 
 CASES = [(1, 0, 3), (1, 1, 3), (2, 1, 3), (2, 2, 5), (3, 0, 2)]  # stride, padding, kernel size
 
@@ -28,11 +41,13 @@ def test_conv_gradients_equal_torch():
     gx, gw = x.grad, w.grad
     x.grad = w.grad = None
     F.conv2d(x, w, None, 2, 1).pow(2).sum().backward()
-    test_near(gx, x.grad, atol=1e-4); test_near(gw, w.grad, atol=1e-4)
+    test_near(gx, x.grad, atol=1e-4)
+    test_near(gw, w.grad, atol=1e-4)
 
 def test_output_size():
     for size, k, s, p in [(8, 3, 2, 1), (28, 5, 2, 2), (7, 3, 1, 0)]:
-        test_eq(conv_output_size(size, k, s, p), F.conv2d(torch.zeros(1, 1, size, size), torch.zeros(1, 1, k, k), stride=s, padding=p).shape[-1])
+        out = F.conv2d(torch.zeros(1, 1, size, size), torch.zeros(1, 1, k, k), stride=s, padding=p)
+        test_eq(conv_output_size(size, k, s, p), out.shape[-1])
 
 def test_general_relu():
     x = torch.randn(1000)
@@ -72,7 +87,8 @@ def test_default_device_and_placement(monkeypatch):
     assert all(t.device.type == "cpu" for t in (batch[0], batch[1][0], batch[2]["y"]))
 
 def test_import_does_not_touch_cuda():
-    import subprocess, sys
+    import subprocess
+    import sys
     code = ("import torch; calls = []; torch.Tensor.cuda = lambda *a, **k: calls.append(1); "
             "torch.nn.Module.cuda = lambda *a, **k: calls.append(1); "
             "import exp.conv, exp.norm, exp.optimizers; assert not calls, calls")

@@ -2,7 +2,17 @@
 import pytest
 import torch
 from torch import nn
-from exp.hooks import Hook, Hooks, append_stats, histogram_image, near_zero_fraction, ActivationStats, blocks_with_parameters
+
+from exp.hooks import (
+    ActivationStats,
+    Hook,
+    Hooks,
+    LayerStats,
+    append_stats,
+    blocks_with_parameters,
+    histogram_image,
+    near_zero_fraction,
+)
 from exp.testing import test_eq, test_near
 
 def model():
@@ -32,26 +42,33 @@ def test_append_stats_records_means_stds_histograms():
     m = model()
     with Hooks([m[0], m[2]], append_stats) as hooks:
         xs = [torch.randn(16, 4) for _ in range(3)]
-        for x in xs: m(x)
-        m.eval(); m(torch.randn(16, 4))  # evaluation batches are not recorded
+        for x in xs:
+            m(x)
+        m.eval()
+        m(torch.randn(16, 4))  # evaluation batches are not recorded
     assert no_hooks_left(m)
-    means, stds, hists = hooks[0].stats
-    test_eq(len(means), 3)
+    stats = hooks[0].stats
+    assert isinstance(stats, LayerStats)
+    test_eq([len(stats.means), len(stats.stds), len(stats.hists)], [3, 3, 3])
     out = m[0](xs[1]).detach()
-    test_near(means[1], out.mean()); test_near(stds[1], out.std())
-    test_eq(hists[1].sum().item(), out.numel())
+    test_near(stats.means[1], out.mean())
+    test_near(stats.stds[1], out.std())
+    test_eq(stats.hists[1].sum().item(), out.numel())
+    test_eq(stats.hists[1], out.abs().clamp_max(10.).histc(40, 0, 10.))
     test_eq(histogram_image(hooks[0]).shape, (40, 3))
     frac = near_zero_fraction(hooks[0])
     test_near(frac[1], (out.abs() < 0.25).float().mean(), atol=1e-6)
 
 def test_activation_stats_callback_with_learner():
+    import torch.nn.functional as F
+
     from exp.learner import Learner
     from exp.training import DataLoaders
-    import torch.nn.functional as F
     m = model()
     x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
     stats = ActivationStats()
-    Learner(m, DataLoaders.from_tensors(x, y, x, y, batch_size=16), F.cross_entropy, cbs=[stats], logger=None).fit(2)
+    dls = DataLoaders.from_tensors(x, y, x, y, batch_size=16)
+    Learner(m, dls, F.cross_entropy, cbs=[stats], logger=None).fit(2)
     assert no_hooks_left(m)
     test_eq([h.module for h in stats.hooks], blocks_with_parameters(m))
-    test_eq(len(stats.hooks[0].stats[0]), 8)  # 2 epochs × 4 training batches
+    test_eq(len(stats.hooks[0].stats.means), 8)  # 2 epochs × 4 training batches
