@@ -3,6 +3,7 @@ and ours agree, and the lint floor of ruff.toml holds for the package, the tools
 import ast
 import importlib
 import inspect
+import re
 import shutil
 import subprocess
 import sys
@@ -96,3 +97,26 @@ def test_lint_floor():
     command = [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, "ruff finds problems (fix exp/ ones in the notebook):\n" + out.stdout[-6000:]
+
+
+# written in pieces, so that this file does not match itself
+ROOTS = ["work", "root", r"home/[a-z]\w*", r"Users/\w+"]
+MACHINE_PATH = re.compile(r"(?<![\w.])/(" + "|".join(ROOTS) + r")/|[A-Z]:\\" + "Users")
+
+
+def test_machine_path_pattern():
+    assert MACHINE_PATH.search("see /work" + "/shared/data") and MACHINE_PATH.search("/home/" + "ada/x")
+    assert not MACHINE_PATH.search("https://example.org/work/ and $EXP_DATA_HOME/mnist")
+
+
+def test_no_path_of_a_developers_machine_in_the_project():
+    "Docs, code, results and notebook outputs name paths relative to the project, never a machine's."
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked: pytest.skip("not a git checkout")
+    found = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix in {".png", ".bz2", ".gz", ".pt", ".onnx"} or not path.is_file(): continue
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if MACHINE_PATH.search(line): found.append(f"{name}:{number}: {line.strip()[:100]}")
+    assert not found, "paths of a developer's machine:\n" + "\n".join(found[:20])
