@@ -3,6 +3,7 @@ and ours agree, and the lint floor of ruff.toml holds for the package, the tools
 import ast
 import importlib
 import inspect
+import os
 import re
 import shutil
 import subprocess
@@ -120,3 +121,14 @@ def test_no_path_of_a_developers_machine_in_the_project():
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if MACHINE_PATH.search(line): found.append(f"{name}:{number}: {line.strip()[:100]}")
     assert not found, "paths of a developer's machine:\n" + "\n".join(found[:20])
+
+
+@pytest.mark.slow
+def test_nbdev_test_passes_on_every_notebook():
+    "nbdev's own notebook runner (execnb, in-process) runs every lesson too, not only our run_notebook.py."
+    nbdev_test = Path(sys.executable).with_name("nbdev_test")
+    if not nbdev_test.exists(): pytest.skip("nbdev is not installed")
+    env = {**os.environ, "EXP_DATASET": "digits"}
+    command = [str(nbdev_test), "--path", "nbs", "--n_workers", "2", "--timing"]
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0 and "Success" in out.stdout + out.stderr, (out.stdout + out.stderr)[-4000:]
