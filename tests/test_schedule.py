@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from exp.schedule import (sched_lin, sched_cos, sched_exp, sched_no, combine_scheds, one_cycle, get_hyper,
-                          ParamScheduler, Recorder, LRFinder, lr_find, SaveBestModel, EarlyStopping)
+                          ParamScheduler, Recorder, LRFinder, lr_find, MonitorCallback, SaveBestModel,
+                          EarlyStopping, smooth)
 from exp.learner import Callback, Learner
 from exp.training import DataLoaders
 from exp.testing import test_near, test_eq
@@ -232,6 +233,58 @@ def test_save_best_model_without_restore_and_max_mode():
     accs = [row["valid_accuracy"] for row in learn.metrics.log]
     test_eq(best.mode, "max"); test_eq(best.best, max(accs))
     for k, v in learn.model.state_dict().items(): assert best.best_state[k].data_ptr() != v.data_ptr()  # a copy
+
+def test_is_improvement_only_answers_and_set_best_records():
+    learn = Learner(make_model(), make_dls(), logger=None)
+    monitor = MonitorCallback(min_delta=0.05)
+    monitor.learn = learn
+    monitor.before_fit()
+    assert monitor.is_improvement(10.0) and monitor.best == math.inf  # asking changes nothing
+    learn.epoch = 4
+    monitor.set_best(1.0)
+    assert (monitor.best, monitor.best_epoch) == (1.0, 4)
+    assert [monitor.is_improvement(v) for v in (1.2, 0.96, 0.94)] == [False, False, True]
+    assert monitor.best == 1.0
+    high = MonitorCallback("valid_accuracy")
+    high.learn = learn
+    high.before_fit()
+    high.set_best(0.9)
+    assert high.mode == "max" and high.is_improvement(0.91) and not high.is_improvement(0.9)
+    with pytest.raises(ValueError, match="mode must be 'min' or 'max'"): MonitorCallback(mode="lowest")
+
+def test_early_stopping_and_save_best_track_the_same_best_epoch():
+    script = [1.0, 0.6, 0.7, 0.5, 0.8, 0.9, 0.95, 0.4]
+    learn = Learner(make_model(), make_dls(), logger=None)
+    best, early = SaveBestModel(), EarlyStopping(patience=3, verbose=False)
+    learn.fit(len(script), cbs=[ValidLossScript(script), best, early])
+    assert (best.best_epoch, early.best_epoch, early.stopped_epoch) == (3, 3, 6)
+    assert best.best == early.best == 0.5
+
+def test_save_best_model_file_is_replaced_whole_and_leaves_no_temporary_file(tmp_path):
+    script = [1.0, 0.5, 0.7, 0.2]
+    learn = Learner(make_model(), make_dls(), lr=0.1, logger=None)
+    best = SaveBestModel(path=tmp_path / "best.pt")
+    learn.fit(len(script), cbs=[ValidLossScript(script), best])
+    assert best.best_epoch == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+    on_disk = torch.load(tmp_path / "best.pt", weights_only=True)
+    for k, v in learn.model.state_dict().items(): assert torch.equal(on_disk[k], v)
+
+def test_smooth_is_the_debiased_average_of_the_lr_finder():
+    assert smooth([2.0] * 4) == pytest.approx([2.0] * 4)  # debiased: a constant stays constant
+    learn = trained_learner()
+    finder = lr_find(learn, num_it=30, show_plot=False)
+    assert finder.smoothed == pytest.approx(smooth(finder.losses))
+
+def test_lr_finder_plot_marks_the_suggestions_and_ignores_the_exploded_end():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    finder = lr_find(trained_learner(), start_lr=1e-3, end_lr=1e6, num_it=200, show_plot=False)
+    ax = finder.plot()
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels[:2] == ["loss", "smoothed"] and any(lab.startswith("steep: ") for lab in labels)
+    assert ax.get_ylim()[1] < max(finder.losses) or max(finder.losses) == max(finder.losses[:-5])
+    plt.close(ax.figure)
 
 def test_monitor_names_a_missing_metric():
     learn = Learner(make_model(), make_dls(), logger=None)
