@@ -4,7 +4,8 @@ __all__ = ['NORM_TYPES', 'no_decay_parameters', 'param_groups', 'with_param_grou
 
 # %% nbs/09b_param_groups.ipynb cell 3
 from torch import nn
-from .norm import BatchNorm, LayerNorm, InstanceNorm, GroupNorm, RunningBatchNorm
+
+from .norm import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RunningBatchNorm
 
 # %% nbs/09b_param_groups.ipynb cell 8
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
@@ -18,6 +19,7 @@ def no_decay_parameters(model, norm_types=NORM_TYPES):
             if isinstance(module, norm_types) or name == "bias": found[id(p)] = p
     return list(found.values())
 
+# %% nbs/09b_param_groups.ipynb cell 11
 def param_groups(model, params=None, norm_types=NORM_TYPES):
     "Two PyTorch-style groups: weights to decay, and norm/bias parameters with `weight_decay=0`."
     params = list(model.parameters() if params is None else params)
