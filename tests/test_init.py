@@ -1,4 +1,4 @@
-"""The from-scratch initialisers of `02a_why_sqrt5` / `02b_initializing` against `torch.nn.init`."""
+"""The from-scratch initialisers of `02a_initializing` / `02b_why_sqrt5` against `torch.nn.init`."""
 import math
 
 import pytest
