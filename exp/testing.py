@@ -2,11 +2,11 @@
 
 __all__ = ['as_tensor', 'test', 'all_equal', 'test_eq', 'test_ne', 'near', 'test_near', 'test_fail']
 
-# %% nbs/00_exports.ipynb cell 13
+# %% nbs/00_exports.ipynb cell 17
 import numpy as np
 import torch
 
-# %% nbs/00_exports.ipynb cell 14
+# %% nbs/00_exports.ipynb cell 18
 def as_tensor(x):
     "A torch tensor holding `x` (a tensor, an array, a number or a nested list)."
     if isinstance(x, torch.Tensor): return x.detach()
@@ -17,7 +17,7 @@ def test(a, b, compare, name=None):
     "Assert that `compare(a, b)` holds, showing both values if not."
     assert compare(a, b), f"{name or compare.__name__} failed:\n  {a!r}\n  {b!r}"
 
-# %% nbs/00_exports.ipynb cell 16
+# %% nbs/00_exports.ipynb cell 20
 def all_equal(a, b):
     "Equal shapes and equal values, for tensors, arrays and numbers; other objects compare with `==`."
     if isinstance(a, (torch.Tensor, np.ndarray)) or isinstance(b, (torch.Tensor, np.ndarray)):
@@ -35,12 +35,13 @@ def test_ne(a, b):
     "Assert `a` and `b` differ."
     test(a, b, lambda a, b: not all_equal(a, b), "test_ne")
 
-# %% nbs/00_exports.ipynb cell 18
+# %% nbs/00_exports.ipynb cell 22
 def near(a, b, atol=1e-5, rtol=1e-5):
     "Whether `a` and `b` have one shape and agree within the tolerances, elementwise."
     a, b = as_tensor(a).double(), as_tensor(b).double()
     return a.shape == b.shape and torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
 
+# %% nbs/00_exports.ipynb cell 24
 def test_near(a, b, atol=1e-5, rtol=1e-5):
     "Assert `a` and `b` agree within `atol + rtol*|b|`; the message gives shapes and the largest gap."
     ta, tb = as_tensor(a).double(), as_tensor(b).double()
@@ -51,6 +52,7 @@ def test_near(a, b, atol=1e-5, rtol=1e-5):
         raise AssertionError(f"test_near: largest difference {gap:.3g} exceeds atol={atol}, rtol={rtol}:\n  "
                              f"{a!r}\n  {b!r}")
 
+# %% nbs/00_exports.ipynb cell 26
 def test_fail(f, contains="", exception=Exception):
     "Assert that calling `f()` raises `exception`, with `contains` in its message."
     try: f()
