@@ -4,11 +4,13 @@ __all__ = ['interactive', 'ProgressCallback']
 
 # %% nbs/09c_progress.ipynb cell 3
 import sys
-import torch
-import fastprogress.fastprogress as fp
-from .learner import Callback, MetricsCallback, print_stats
 
-# %% nbs/09c_progress.ipynb cell 6
+import fastprogress.fastprogress as fp
+import torch
+
+from .learner import Callback, MetricsCallback
+
+# %% nbs/09c_progress.ipynb cell 8
 def _format(value):
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -16,23 +18,22 @@ def interactive():
     "Whether bars render here: a notebook, or a terminal (not a pipe or a log file)."
     return fp.IN_NOTEBOOK or bool(getattr(sys.stdout, "isatty", lambda: False)())
 
+# %% nbs/09c_progress.ipynb cell 11
 class ProgressCallback(Callback):
-    "fastprogress bars over epochs and batches, a live metrics table and loss plot; one line per epoch in a log."
+    "Progress bars, a live metrics table and loss plot (fastprogress); one line per epoch in a log."
     order = MetricsCallback.order + 1  # after the metrics of the epoch are computed
 
     def __init__(self, show=True, plot=True, bars=None):
         self.show, self.plot, self.bars = show, plot, bars
 
     def before_fit(self):
-        learn = self.learn
-        self.mbar = None
-        self.use_bars = self.show and (interactive() if self.bars is None else self.bars)
-        if not self.show or self.use_bars: learn.set_for_fit(logger=None)  # we write the rows ourselves (or none)
+        self.mbar, self.header_written = None, False
         self.losses, self.pending, self.valid_at, self.valid_losses = [], [], [], []
-        self.header_written = False
+        self.use_bars = self.show and (interactive() if self.bars is None else self.bars)
+        if not self.show or self.use_bars: self.learn.set_for_fit(logger=None)  # we write the rows (or none)
         if self.use_bars:
             master_bar = fp.NBMasterBar if fp.IN_NOTEBOOK else fp.ConsoleMasterBar
-            self.mbar = master_bar(range(learn.n_epochs))  # it draws itself on its first update
+            self.mbar = master_bar(range(self.learn.n_epochs))  # it draws itself on its first update
 
     def before_epoch(self):
         if self.mbar: self.mbar.update(self.learn.epoch)
@@ -49,24 +50,32 @@ class ProgressCallback(Callback):
     def before_validate(self): self._start_bar()
 
     def after_batch(self):
-        learn = self.learn
-        if self.pbar: self.pbar.update(learn.iter + 1)
-        if self.plot and self.mbar and learn.training: self.pending.append(learn.loss.detach())  # no sync
-
-    def after_epoch(self):
-        if not self.mbar: return  # the Learner's logger printed the line (or show=False silenced it)
-        if self.pending and not self.pending[0].is_meta:
-            self.losses += torch.stack(self.pending).float().tolist()
-        self.pending = []  # the epoch's losses, read from the device at once
-        stats = self.learn.metrics.log[-1]
-        if not self.header_written: self.mbar.write(list(stats), table=True); self.header_written = True
-        self.mbar.write([_format(v) for v in stats.values()], table=True)
-        if self.plot and fp.IN_NOTEBOOK: self._update_graph(stats)
-
-    def _update_graph(self, stats):
-        self.valid_at.append(len(self.losses)); self.valid_losses.append(stats.get("valid_loss"))
-        graphs = [[list(range(len(self.losses))), self.losses], [self.valid_at, self.valid_losses]]
-        self.mbar.update_graph(graphs, x_bounds=[0, self.learn.n_epochs * len(self.learn.dls.train)])
+        if self.pbar: self.pbar.update(self.learn.iter + 1)
+        if self.plot and self.mbar and self.learn.training:
+            self.pending.append(self.learn.loss.detach())  # kept on the device: no sync per batch
 
     def after_fit(self):
         if self.mbar: self.mbar.on_iter_end()
+
+# %% nbs/09c_progress.ipynb cell 15
+def _after_epoch(self):
+    "Write the epoch's metrics as a table row (the header first) and, in a notebook, redraw the plot."
+    if not self.mbar: return  # the Learner's logger printed the line (or show=False silenced it)
+    if self.pending and not self.pending[0].is_meta:
+        self.losses += torch.stack(self.pending).float().tolist()  # the epoch's losses, read at once
+    self.pending = []
+    stats = self.learn.metrics.log[-1]
+    if not self.header_written:
+        self.mbar.write(list(stats), table=True)
+        self.header_written = True
+    self.mbar.write([_format(v) for v in stats.values()], table=True)
+    if self.plot and fp.IN_NOTEBOOK: self._update_graph(stats)
+
+def _update_graph(self, stats):
+    "The training loss of every batch so far, and the validation loss of every epoch."
+    self.valid_at.append(len(self.losses))
+    self.valid_losses.append(stats.get("valid_loss"))
+    graphs = [[list(range(len(self.losses))), self.losses], [self.valid_at, self.valid_losses]]
+    self.mbar.update_graph(graphs, x_bounds=[0, self.learn.n_epochs * len(self.learn.dls.train)])
+
+ProgressCallback.after_epoch, ProgressCallback._update_graph = _after_epoch, _update_graph
