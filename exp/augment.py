@@ -5,8 +5,10 @@ __all__ = ['seeded_generator', 'uniform', 'flip_lr', 'pad_crop', 'affine_matrice
 
 # %% nbs/10_augmentation.ipynb cell 3
 import math
+
 import torch
 import torch.nn.functional as F
+
 from .learner import Callback
 
 # %% nbs/10_augmentation.ipynb cell 6
@@ -40,7 +42,7 @@ def pad_crop(x, pad=1, generator=None):
 
 # %% nbs/10_augmentation.ipynb cell 14
 def affine_matrices(n, max_rotate=10.0, max_zoom=0.1, max_translate=0.0, generator=None, device="cpu"):
-    "`n` random 2×3 matrices: rotation within ±`max_rotate` degrees, zoom within 1±`max_zoom`, shift within ±`max_translate`."
+    "`n` random 2×3 matrices: rotations up to ±`max_rotate`°, zooms 1±`max_zoom`, shifts ±`max_translate`."
     angle = uniform(n, -max_rotate, max_rotate, generator, device) * math.pi / 180
     scale = uniform(n, 1 - max_zoom, 1 + max_zoom, generator, device)
     shift = uniform(2 * n, -max_translate, max_translate, generator, device).view(n, 2)
@@ -54,9 +56,10 @@ def warp_affine(x, theta, mode="bilinear"):
 
 # %% nbs/10_augmentation.ipynb cell 17
 class BatchAugment:
-    "Random flips, pad-and-crop shifts and affine rotations/zooms of a batch on its device, from a seeded generator."
+    "Random flips, pad-and-crop shifts and affine rotations/zooms of a batch, on its device, seeded."
     def __init__(self, flip=False, pad=1, max_rotate=10.0, max_zoom=0.1, max_translate=0.0, seed=None):
-        self.flip, self.pad, self.max_rotate, self.max_zoom, self.max_translate = flip, pad, max_rotate, max_zoom, max_translate
+        self.flip, self.pad = flip, pad
+        self.max_rotate, self.max_zoom, self.max_translate = max_rotate, max_zoom, max_translate
         self.seed, self.generator = seed, None
 
     def reset(self, seed=None):
@@ -70,12 +73,13 @@ class BatchAugment:
         if self.flip: x = flip_lr(x, generator=g)
         if self.pad: x = pad_crop(x, self.pad, generator=g)
         if self.max_rotate or self.max_zoom or self.max_translate:
-            x = warp_affine(x, affine_matrices(len(x), self.max_rotate, self.max_zoom, self.max_translate, g, x.device))
+            theta = affine_matrices(len(x), self.max_rotate, self.max_zoom, self.max_translate, g, x.device)
+            x = warp_affine(x, theta)
         return x
 
-# %% nbs/10_augmentation.ipynb cell 26
+# %% nbs/10_augmentation.ipynb cell 27
 class RandomResizedCropItem:
-    "Item transform: a random square crop of one (C, H, W) tensor, covering `min_scale`…1 of its side, resized to `size`."
+    "Item transform: a random square crop (`min_scale`…1 of the side) of a (C, H, W) tensor, then resized."
     order = 20  # after ToTensor
     def __init__(self, size, min_scale=0.8, seed=None):
         self.size, self.min_scale, self.generator = size, min_scale, seeded_generator(seed)
@@ -88,7 +92,7 @@ class RandomResizedCropItem:
         crop = image[None, :, top:top + side, left:left + side]
         return F.interpolate(crop, size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
 
-# %% nbs/10_augmentation.ipynb cell 29
+# %% nbs/10_augmentation.ipynb cell 30
 class AugmentCallback(Callback):
     "Augment the inputs of every training batch with `augment` (e.g. a `BatchAugment`), on their device."
     order = 10

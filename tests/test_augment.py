@@ -1,9 +1,16 @@
 """Batch augmentation: exact against slicing/rot90 oracles, labels stay aligned, seeded and reproducible."""
 import torch
 import torch.nn.functional as F
-from exp.augment import (seeded_generator, flip_lr, pad_crop, affine_matrices, warp_affine, BatchAugment,
-                         RandomResizedCropItem)
 
+from exp.augment import (
+    BatchAugment,
+    RandomResizedCropItem,
+    affine_matrices,
+    flip_lr,
+    pad_crop,
+    seeded_generator,
+    warp_affine,
+)
 
 def batch(n=32, size=8, seed=0):
     return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
