@@ -11,7 +11,6 @@ from exp.learner import EVENTS, MetricsCallback, NonFiniteLossError, snake_case
 from exp.training import *
 from exp.training import Optimizer
 
-
 @pytest.fixture(scope="module")
 def digits():
     return load_digits()
@@ -24,8 +23,8 @@ def mlp(n_in=64, n_out=10, seed=0):
 
 def tiny_dls(digits, n_train=100, n_valid=50, batch_size=50, seed=None):
     x_train, y_train, x_valid, y_valid = digits
-    return DataLoaders.from_tensors(x_train[:n_train], y_train[:n_train], x_valid[:n_valid], y_valid[:n_valid],
-                                    batch_size=batch_size, seed=seed)
+    return DataLoaders.from_tensors(x_train[:n_train], y_train[:n_train], x_valid[:n_valid],
+                                    y_valid[:n_valid], batch_size=batch_size, seed=seed)
 
 
 class Events(Callback):
@@ -34,7 +33,8 @@ class Events(Callback):
 for _event in EVENTS:
     setattr(Events, _event, lambda self, event=_event: self.seen.append(event))
 
-BATCH = ["before_batch", "after_pred", "after_loss", "after_backward", "after_step", "after_zero_grad", "after_batch"]
+BATCH = ["before_batch", "after_pred", "after_loss", "after_backward", "after_step", "after_zero_grad",
+         "after_batch"]
 VALID_BATCH = ["before_batch", "after_pred", "after_loss", "after_batch"]
 
 
@@ -67,22 +67,46 @@ def test_callbacks_run_by_order_then_insertion():
     class Say(Callback):
         def __init__(self, word, order): self.word, self.order = word, order
         def before_fit(self): said.append(self.word)
-    dls = DataLoaders.from_tensors(torch.randn(8, 4), torch.zeros(8, dtype=torch.long), torch.randn(4, 4), torch.zeros(4, dtype=torch.long))
-    Learner(nn.Linear(4, 2), dls, logger=None, cbs=[Say("c", 5), Say("a", -5), Say("b1", 0), Say("b2", 0)]).fit(1)
+    dls = DataLoaders.from_tensors(torch.randn(8, 4), torch.zeros(8, dtype=torch.long),
+                                   torch.randn(4, 4), torch.zeros(4, dtype=torch.long))
+    cbs = [Say("c", 5), Say("a", -5), Say("b1", 0), Say("b2", 0)]
+    Learner(nn.Linear(4, 2), dls, logger=None, cbs=cbs).fit(1)
     assert said == ["a", "b1", "b2", "c"]
 
 
-def test_callback_with_learner_argument_and_attribute_access(digits):
+def test_callbacks_reach_the_learner_as_self_learn_and_by_name(digits):
     seen = []
-    class MinimalStyle(Callback):                     # miniai's style: the learner is passed in
-        def before_fit(self, learn): seen.append(learn)
-    class ReadsThrough(Callback):                     # fastai's style: attributes read through
-        def after_fit(self): seen.append(self.n_epochs)
-    learn = Learner(mlp(), tiny_dls(digits), cbs=[MinimalStyle(), ReadsThrough()], logger=None).fit(3)
-    assert seen == [learn, 3]
-    assert learn.minimal_style.__class__ is MinimalStyle and isinstance(learn.metrics, MetricsCallback)
+    class ReadsTheLearner(Callback):
+        def after_fit(self): seen.append((self.learn, self.learn.n_epochs))
+    learn = Learner(mlp(), tiny_dls(digits), cbs=ReadsTheLearner(), logger=None).fit(3)
+    assert seen == [(learn, 3)]
+    assert learn.reads_the_learner.__class__ is ReadsTheLearner and isinstance(learn.metrics, MetricsCallback)
     with pytest.raises(AttributeError, match="no attribute or callback"): learn.not_a_callback
-    assert [snake_case(n) for n in ["Recorder", "LRFinder", "EarlyStoppingCallback"]] == ["recorder", "lr_finder", "early_stopping"]
+    with pytest.raises(AttributeError, match="lesson 14 adds it"): learn.save
+    names = [snake_case(n) for n in ["Recorder", "LRFinder", "EarlyStoppingCallback"]]
+    assert names == ["recorder", "lr_finder", "early_stopping"]
+
+
+def test_a_misspelled_event_is_refused_when_the_callback_is_added(digits):
+    class Typo(Callback):
+        def after_epcoh(self): pass
+    class Unknown(Callback):
+        def before_everything(self): pass
+    class Helper(Callback):  # a method that looks like no event is fine
+        def summarise(self): pass
+    with pytest.raises(ValueError, match=r"Typo.after_epcoh is not an event.*did you mean 'after_epoch'\?"):
+        Learner(mlp(), tiny_dls(digits), cbs=Typo())
+    with pytest.raises(ValueError, match="Unknown.before_everything is not an event.*events are before_fit"):
+        Learner(mlp(), tiny_dls(digits), logger=None).add_cbs(Unknown())
+    Learner(mlp(), tiny_dls(digits), cbs=Helper(), logger=None).fit(1)
+
+
+def test_learner_methods_grown_over_cells_are_named_as_methods():
+    "The lesson adds methods to the class cell by cell: they carry the names a traceback and the docs show."
+    for name in ["fit", "add_cbs", "callback", "get_preds", "validate", "set_for_fit", "_one_batch"]:
+        method = getattr(Learner, name)
+        assert (method.__name__, method.__qualname__) == (name, f"Learner.{name}")
+    assert isinstance(MetricsCallback.totals, property)
 
 
 def test_remove_cbs_and_fit_only_cbs(digits):
@@ -98,7 +122,8 @@ def test_remove_cbs_and_fit_only_cbs(digits):
 def test_train_and_eval_modes_and_no_grad(digits):
     modes = []
     class Watch(Callback):
-        def before_batch(self): modes.append((self.learn.training, self.learn.model.training, torch.is_grad_enabled()))
+        def before_batch(self):
+            modes.append((self.learn.training, self.learn.model.training, torch.is_grad_enabled()))
     learn = Learner(mlp(), tiny_dls(digits), cbs=Watch(), logger=None).fit(1)
     assert modes == [(True, True, True), (True, True, True), (False, False, False)]
     assert not learn.model.training
@@ -170,37 +195,41 @@ def test_cancel_raised_in_after_event_is_swallowed_by_its_phase(digits):
     Learner(mlp(), tiny_dls(digits), cbs=[events, EndInAfterEpoch()], logger=None).fit(2)
     assert events.seen.count("after_epoch") == 2
     events = Events()
-    Learner(mlp(), tiny_dls(digits), cbs=[events, StopInAfterEpoch()], logger=None).fit(5)  # early stopping's pattern
+    # early stopping's pattern
+    Learner(mlp(), tiny_dls(digits), cbs=[events, StopInAfterEpoch()], logger=None).fit(5)
     assert events.seen.count("before_epoch") == 2 and events.seen[-2:] == ["after_fit", "cleanup_fit"]
 
 
 def test_metrics_weighted_by_batch_size_with_uneven_last_batch(digits):
     x_train, y_train, x_valid, y_valid = digits
-    dls = DataLoaders.from_tensors(x_train, y_train, x_valid[:250], y_valid[:250], batch_size=50)  # valid: 100, 100, 50
+    dls = DataLoaders.from_tensors(x_train, y_train, x_valid[:250], y_valid[:250], batch_size=50)
     assert [len(b[1]) for b in dls.valid] == [100, 100, 50]
     set_seed(0)
     learn = Learner(mlp(), dls, lr=0.3, metrics=accuracy, logger=None).fit(1)
     with torch.no_grad():
         preds = learn.model(x_valid[:250])
-        whole_acc, whole_loss = accuracy(preds, y_valid[:250]).item(), cross_entropy(preds, y_valid[:250]).item()
+        whole_acc = accuracy(preds, y_valid[:250]).item()
+        whole_loss = cross_entropy(preds, y_valid[:250]).item()
         batch_mean = sum(accuracy(learn.model(xb), yb).item() for xb, yb in dls.valid) / 3
     row = learn.metrics.log[-1]
     assert abs(row["valid_accuracy"] - whole_acc) < 1e-6 and abs(row["valid_loss"] - whole_loss) < 1e-5
-    assert abs(batch_mean - whole_acc) > 1e-4  # the plain mean of batch means is wrong here (deterministic: seed 0)
+    assert abs(batch_mean - whole_acc) > 1e-4  # the plain mean of batch means is wrong here (seed 0)
 
 
 def test_named_metrics_and_logger(digits):
     rows = []
     error = lambda preds, y: 1 - accuracy(preds, y)
     learn = Learner(mlp(), tiny_dls(digits), metrics={"error": error}, logger=rows.append).fit(2)
-    assert len(rows) == 2 and abs(rows[-1]["valid_error"] - (1 - accuracy(learn.model(digits[2][:50]), digits[3][:50]).item())) < 1e-6
+    expected = 1 - accuracy(learn.model(digits[2][:50]), digits[3][:50]).item()
+    assert len(rows) == 2 and abs(rows[-1]["valid_error"] - expected) < 1e-6
     assert learn.metrics.values("valid_error") == [r["valid_error"] for r in rows]
 
 
 def test_print_stats_prints_a_table(digits, capsys):
     Learner(mlp(), tiny_dls(digits), metrics=accuracy).fit(2)
     lines = capsys.readouterr().out.strip().split("\n")
-    assert lines[0].split() == ["epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "time"]
+    columns = ["epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "time"]
+    assert lines[0].split() == columns
     assert len(lines) == 3 and lines[2].split()[0] == "1"
 
 
@@ -225,12 +254,14 @@ def test_torch_dataloaders_and_torch_optimizers(digits):
 
 def test_our_optimizer_as_opt_func(digits):
     set_seed(0)
-    learn = Learner(mlp(), DataLoaders.from_tensors(*digits, seed=0), lr=0.5, opt_func=Optimizer, metrics=accuracy, logger=None).fit(6)
+    learn = Learner(mlp(), DataLoaders.from_tensors(*digits, seed=0), lr=0.5, opt_func=Optimizer,
+                    metrics=accuracy, logger=None).fit(6)
     assert isinstance(learn.opt, Optimizer) and learn.metrics.log[-1]["valid_accuracy"] > 0.9
 
 
 def test_optimizer_kept_across_fits_and_lr(digits):
-    learn = Learner(mlp(), tiny_dls(digits), lr=0.1, opt_func=lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9), logger=None)
+    opt_func = lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9)
+    learn = Learner(mlp(), tiny_dls(digits), lr=0.1, opt_func=opt_func, logger=None)
     learn.fit(1)
     opt = learn.opt
     learn.fit(1, lr=0.01)
@@ -258,21 +289,25 @@ def test_nan_loss_names_epoch_batch_and_lr(digits):
     learn = Learner(mlp(), dls, lr=0.05, logger=None)
     with pytest.raises(NonFiniteLossError, match=r"Epoch 0, training batch 2: the loss is nan") as info:
         learn.fit(3)
-    assert "0.05" in str(info.value) and "inputs contain NaN" in str(info.value) and learn.last_good_lr == 0.05
+    assert "0.05" in str(info.value) and "inputs contain NaN" in str(info.value)
+    assert learn.last_good_lr == 0.05
     assert isinstance(info.value, FloatingPointError)
 
 
 def test_diverging_lr_stops_with_last_good_lr(digits):
     set_seed(0)
     learn = Learner(mlp(), DataLoaders.from_tensors(*digits, seed=0), lr=1e10, logger=None)
-    with pytest.raises(NonFiniteLossError, match="The last learning rate with a finite loss was 10000000000.0"):
+    match = "The last learning rate with a finite loss was 10000000000.0"
+    with pytest.raises(NonFiniteLossError, match=match):
         learn.fit(2)
 
 
 def test_check_loss_can_be_turned_off(digits):
     x_train, y_train, x_valid, y_valid = digits
-    bad = x_train[:100].clone(); bad[0, 0] = float("nan")
-    learn = Learner(mlp(), DataLoaders.from_tensors(bad, y_train[:100], x_valid[:50], y_valid[:50]), logger=None, check_loss=False)
+    bad = x_train[:100].clone()
+    bad[0, 0] = float("nan")
+    dls = DataLoaders.from_tensors(bad, y_train[:100], x_valid[:50], y_valid[:50])
+    learn = Learner(mlp(), dls, logger=None, check_loss=False)
     learn.fit(1)  # no error: the user asked for it
 
 
@@ -282,7 +317,8 @@ def test_shape_mismatch_names_batch_shape_and_layer(digits):
     with pytest.raises(RuntimeError) as info:
         Learner(mlp(), dls, logger=None).fit(1)
     msg = str(info.value)
-    assert "(64, 60)" in msg and "layer '0'" in msg and "expects 64 features" in msg and "Epoch 0, training batch 0" in msg
+    assert "(64, 60)" in msg and "layer '0'" in msg and "expects 64 features" in msg
+    assert "Epoch 0, training batch 0" in msg
     assert isinstance(info.value.__cause__, RuntimeError) and "mat1 and mat2" in msg
 
 
@@ -290,18 +326,20 @@ def test_shape_mismatch_inside_a_deeper_layer_is_named():
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 10))
     x, y = torch.randn(20, 1, 8, 8), torch.randint(0, 10, (20,))
     dls = DataLoaders.from_tensors(x, y, x, y, batch_size=10)
-    with pytest.raises(RuntimeError, match=r"layer '3' .* got input of shape \(10, 256\) and expects 196 features"):
+    match = r"layer '3' .* got input of shape \(10, 256\) and expects 196 features"
+    with pytest.raises(RuntimeError, match=match):
         Learner(model, dls, logger=None).fit(1)
     bad_channels = DataLoaders.from_tensors(torch.randn(20, 3, 7, 7), y, x, y, batch_size=10)
     with pytest.raises(RuntimeError, match=r"\(10, 3, 7, 7\).*layer '0'.*expects 1 channels"):
         Learner(model, bad_channels, logger=None).fit(1)
-    assert model[0].training is False  # the learner's cleanup left eval mode; the diagnosis changed nothing else
+    assert model[0].training is False  # the learner's cleanup left eval mode; the diagnosis changed nothing
 
 
 def test_loss_shape_mismatch_names_shapes(digits):
     x_train, y_train, x_valid, y_valid = digits
     dls = DataLoaders.from_tensors(x_train, y_train, x_valid, y_valid)
-    with pytest.raises(IndexError, match=r"loss function failed on predictions of shape \(64, 5\) and targets of shape \(64,\)"):
+    match = r"loss function failed on predictions of shape \(64, 5\) and targets of shape \(64,\)"
+    with pytest.raises(IndexError, match=match):
         Learner(mlp(n_out=5), dls, logger=None, loss_func=F.cross_entropy).fit(1)
 
 
@@ -324,7 +362,8 @@ def test_keyboard_interrupt_leaves_learner_usable(digits):
         def cleanup_fit(self): cleaned.append(True)
     set_seed(0)
     once = CtrlC()
-    learn = Learner(mlp(), DataLoaders.from_tensors(*digits, seed=0), lr=0.3, metrics=accuracy, cbs=Cleanup(), logger=None)
+    learn = Learner(mlp(), DataLoaders.from_tensors(*digits, seed=0), lr=0.3, metrics=accuracy, cbs=Cleanup(),
+                    logger=None)
     with pytest.raises(KeyboardInterrupt):
         learn.fit(3, cbs=once)
     assert cleaned == [True] and once not in learn.cbs
@@ -356,7 +395,8 @@ def test_pct_train_and_counters(digits):
     seen = []
     class Watch(Callback):
         def before_batch(self):
-            if self.learn.training: seen.append((self.learn.epoch, self.learn.iter, self.learn.n_iters, self.learn.pct_train))
+            learn = self.learn
+            if learn.training: seen.append((learn.epoch, learn.iter, learn.n_iters, learn.pct_train))
     Learner(mlp(), tiny_dls(digits), cbs=Watch(), logger=None).fit(2)
     assert seen == [(0, 0, 2, 0.0), (0, 1, 2, 0.25), (1, 0, 2, 0.5), (1, 1, 2, 0.75)]
 
@@ -370,26 +410,31 @@ def test_start_epoch_counters_and_bad_values(digits):
     assert seen == [(2, 0, 0.5), (2, 1, 0.625), (3, 0, 0.75), (3, 1, 0.875)]
     assert [row["epoch"] for row in learn.metrics.log] == [2, 3]
     for bad in (-1, 5):
-        with pytest.raises(ValueError, match=f"start_epoch={bad} is outside the fit's epochs 0..4"): learn.fit(4, start_epoch=bad)
+        with pytest.raises(ValueError, match=f"start_epoch={bad} is outside the fit's epochs 0..4"):
+            learn.fit(4, start_epoch=bad)
 
 
 def test_fit_from_start_epoch_carries_on_a_longer_fit(digits):
-    "Epochs 2-3 of a scheduled 4-epoch fit, started from the state after epoch 1, end on the whole fit's weights."
-    import copy, functools
+    "Epochs 2-3 of a scheduled 4-epoch fit, resumed after epoch 1, end on the whole fit's weights."
+    import copy
+    import functools
+
     from exp.schedule import ParamScheduler, sched_cos
     x_train, y_train, _, _ = digits
-    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_train[:200], y_train[:200]), batch_size=50)
+    dataset = torch.utils.data.TensorDataset(x_train[:200], y_train[:200])
+    train = torch.utils.data.DataLoader(dataset, batch_size=50)
     opt_func = functools.partial(torch.optim.SGD, momentum=0.9)
     after_epoch_1 = {}
     class Snapshot(Callback):
         def after_epoch(self):
             if self.learn.epoch == 1: after_epoch_1.update(model=copy.deepcopy(self.learn.model.state_dict()),
                                                            opt=copy.deepcopy(self.learn.opt.state_dict()))
-    whole = Learner(mlp(), DataLoaders(train), opt_func=opt_func, cbs=[ParamScheduler(lr=sched_cos(0.2, 0.01)), Snapshot()],
-                    logger=None).fit(4)
+    whole = Learner(mlp(), DataLoaders(train), opt_func=opt_func,
+                    cbs=[ParamScheduler(lr=sched_cos(0.2, 0.01)), Snapshot()], logger=None).fit(4)
     model = mlp(seed=1)
     model.load_state_dict(after_epoch_1["model"])
-    rest = Learner(model, DataLoaders(train), opt_func=opt_func, cbs=ParamScheduler(lr=sched_cos(0.2, 0.01)), logger=None)
+    rest = Learner(model, DataLoaders(train), opt_func=opt_func, cbs=ParamScheduler(lr=sched_cos(0.2, 0.01)),
+                   logger=None)
     rest.create_opt().load_state_dict(after_epoch_1["opt"])
     rest.fit(4, start_epoch=2)
     for p, q in zip(whole.model.parameters(), model.parameters()): assert torch.equal(p, q)
@@ -411,7 +456,8 @@ def test_error_in_models_own_forward_names_the_last_layer():
 def test_get_preds_and_validate_equal_direct_computation(digits):
     x_train, y_train, x_valid, y_valid = digits
     set_seed(0)
-    learn = Learner(mlp(), DataLoaders.from_tensors(*digits, seed=0), lr=0.3, metrics=accuracy, logger=None).fit(2)
+    dls = DataLoaders.from_tensors(*digits, seed=0)
+    learn = Learner(mlp(), dls, lr=0.3, metrics=accuracy, logger=None).fit(2)
     log_before = dict(learn.metrics.log[-1])
     preds, targets = learn.get_preds()
     with torch.no_grad(): direct = learn.model(x_valid)
