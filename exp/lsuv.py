@@ -5,13 +5,15 @@ __all__ = ['lsuv_blocks', 'output_stats', 'lsuv_block', 'lsuv_init']
 # %% nbs/07a_lsuv.ipynb cell 3
 import torch
 from torch import nn
-from .hooks import Hook
+
 from .conv import GeneralRelu
+from .hooks import Hook
 
 # %% nbs/07a_lsuv.ipynb cell 6
 def lsuv_blocks(model):
     "The blocks LSUV initialises: `nn.Sequential`s that start with a convolution or linear layer."
-    return [m for m in model.modules() if isinstance(m, nn.Sequential) and len(m) and isinstance(m[0], (nn.Conv2d, nn.Linear))]
+    return [m for m in model.modules()
+            if isinstance(m, nn.Sequential) and len(m) and isinstance(m[0], (nn.Conv2d, nn.Linear))]
 
 def output_stats(model, block, xb):
     "Mean and std of `block`'s output when `model` runs on `xb`."
@@ -19,6 +21,7 @@ def output_stats(model, block, xb):
     with Hook(block, keep) as hook, torch.no_grad(): model(xb)
     return hook.output.mean().item(), hook.output.std().item()
 
+# %% nbs/07a_lsuv.ipynb cell 9
 @torch.no_grad()
 def lsuv_block(model, block, xb, tol=1e-3, max_iters=50):
     "Rescale `block`'s first layer (and shift its GeneralRelu) until its output on `xb` has mean 0 and std 1."
@@ -31,8 +34,9 @@ def lsuv_block(model, block, xb, tol=1e-3, max_iters=50):
         if act is not None: act.sub += output_stats(model, block, xb)[0]
     return output_stats(model, block, xb)
 
+# %% nbs/07a_lsuv.ipynb cell 11
 def lsuv_init(model, xb, blocks=None, tol=1e-3):
-    "LSUV-initialise `blocks` (default: `lsuv_blocks(model)`), first to last, on the batch `xb`; their final stats."
+    "LSUV-initialise `blocks` (default: `lsuv_blocks(model)`) in order on the batch `xb`; their final stats."
     was_training = model.training
     model.train()  # measure what training will see
     stats = [lsuv_block(model, block, xb, tol) for block in (blocks or lsuv_blocks(model))]

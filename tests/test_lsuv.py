@@ -1,9 +1,11 @@
 "LSUV initialisation: every block ends with mean 0 and std 1 on the batch, measured independently."
 from functools import partial
+
 import torch
 from torch import nn
-from exp.conv import get_cnn_model, GeneralRelu
-from exp.lsuv import lsuv_init, lsuv_blocks
+
+from exp.conv import GeneralRelu, get_cnn_model
+from exp.lsuv import lsuv_blocks, lsuv_init
 
 def test_lsuv_gives_unit_variance_zero_mean_blocks():
     torch.manual_seed(0)
