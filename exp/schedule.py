@@ -236,14 +236,14 @@ def _lr_finder_suggestions(self, skip_end=5):
     return {"steep": lrs[i_steep], "min/10": lrs[i_min] / 10}
 
 def _lr_finder_plot(self, ax=None, skip_end=5):
-    "Loss against learning rate (log scale), the suggestions marked, leaving out the last `skip_end` points."
+    "Loss against learning rate (log scale), the suggestions marked; the y range ignores the last `skip_end`."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(5, 3))[1]
+    ax.plot(self.lrs, self.losses, alpha=0.3, label="loss")
+    ax.plot(self.lrs, self.smoothed, label="smoothed")
     n = len(self.lrs) - skip_end if len(self.lrs) > skip_end else len(self.lrs)
-    ax.plot(self.lrs[:n], self.losses[:n], alpha=0.3, label="loss")
-    ax.plot(self.lrs[:n], self.smoothed[:n], label="smoothed")
     low, high = min(self.losses[:n]), max(self.smoothed[:n])
-    ax.set_ylim(low - 0.1 * (high - low), high + 0.3 * (high - low))  # one exploding batch hides the curve
+    ax.set_ylim(low - 0.1 * (high - low), high + 0.3 * (high - low))  # the explosion leaves by the top
     for (name, lr), marker in zip(self.suggestions(skip_end).items(), ("o", "s")):
         i = min(range(len(self.lrs)), key=lambda i: abs(math.log(self.lrs[i] / lr)))
         ax.plot(lr, self.smoothed[i], marker, label=f"{name}: {lr:.2g}")

@@ -5,22 +5,34 @@ from functools import partial
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from exp.schedule import (sched_lin, sched_cos, sched_exp, sched_no, combine_scheds, one_cycle, get_hyper,
-                          ParamScheduler, Recorder, LRFinder, lr_find, MonitorCallback, SaveBestModel,
-                          EarlyStopping, smooth)
 from exp.learner import Callback, Learner
+from exp.schedule import (
+    EarlyStopping,
+    MonitorCallback,
+    ParamScheduler,
+    Recorder,
+    SaveBestModel,
+    combine_scheds,
+    lr_find,
+    one_cycle,
+    sched_cos,
+    sched_exp,
+    sched_lin,
+    sched_no,
+    smooth,
+)
+from exp.testing import test_eq, test_near
 from exp.training import DataLoaders
-from exp.testing import test_near, test_eq
-
 
 def torch_lrs(make_scheduler, n_steps, lr=0.5):
     "The lr a torch scheduler sets at each of `n_steps` steps."
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
     scheduler, lrs = make_scheduler(opt), []
     for _ in range(n_steps):
-        lrs.append(opt.param_groups[0]["lr"]); opt.step(); scheduler.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
     return lrs
 
 
@@ -41,7 +53,8 @@ def test_schedule_middles():
 def test_cosine_equals_torch():
     T = 16
     ours = [sched_cos(0.5, 0.01)(t / T) for t in range(T + 1)]
-    test_near(ours, torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=T, eta_min=0.01), T + 1))
+    cosine = lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=T, eta_min=0.01)
+    test_near(ours, torch_lrs(cosine, T + 1))
 
 def test_linear_and_exponential_equal_torch():
     T = 10
@@ -58,13 +71,14 @@ def test_combine_scheds_boundaries():
     assert f(0.2499999) == pytest.approx(1, abs=1e-5)
 
 def test_combine_scheds_rejects_bad_fractions():
-    with pytest.raises(ValueError, match="add up to 1"): combine_scheds([0.5, 0.6], [sched_no(1), sched_no(2)])
+    with pytest.raises(ValueError, match="add up to 1"):
+        combine_scheds([0.5, 0.6], [sched_no(1), sched_no(2)])
     with pytest.raises(ValueError, match="fractions for"): combine_scheds([1.0], [sched_no(1), sched_no(2)])
 
 def test_one_cycle_shape():
     s = one_cycle(1.0, pct_start=0.3, div=10, div_final=1000)
-    assert s["lr"](0) == pytest.approx(0.1) and s["lr"](0.3) == pytest.approx(1) and s["lr"](1) == pytest.approx(1e-3)
-    assert s["mom"](0) == pytest.approx(0.95) and s["mom"](0.3) == pytest.approx(0.85) and s["mom"](1) == pytest.approx(0.95)
+    assert [s["lr"](0), s["lr"](0.3), s["lr"](1)] == pytest.approx([0.1, 1, 1e-3])
+    assert [s["mom"](0), s["mom"](0.3), s["mom"](1)] == pytest.approx([0.95, 0.85, 0.95])
     lrs = [s["lr"](p / 100) for p in range(101)]
     peak = max(range(101), key=lambda i: lrs[i])
     assert peak == 30
@@ -77,7 +91,9 @@ def test_one_cycle_equals_torch_one_cycle_lr():
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2.0, total_steps=T, pct_start=pct)
     expected = []
     for _ in range(T):
-        expected.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"])); opt.step(); sched.step()
+        expected.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
+        opt.step()
+        sched.step()
     # torch counts steps 0..T-1 and ends its warm-up at step pct*T - 1
     ours = one_cycle(2.0, pct_start=(pct * T - 1) / (T - 1), div=25, div_final=25e4)
     test_near([(ours["lr"](s / (T - 1)), ours["mom"](s / (T - 1))) for s in range(T)], expected)
@@ -90,7 +106,8 @@ def make_dls(n_train=256, n_valid=128, batch_size=32, seed=0):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n_train + n_valid, 20, generator=g)
     y = (x @ torch.randn(20, 4, generator=g)).argmax(1)
-    return DataLoaders.from_tensors(x[:n_train], y[:n_train], x[n_train:], y[n_train:], batch_size=batch_size, seed=seed)
+    return DataLoaders.from_tensors(x[:n_train], y[:n_train], x[n_train:], y[n_train:], batch_size=batch_size,
+                                    seed=seed)
 
 def make_model(seed=0, width=32):
     torch.manual_seed(seed)
@@ -107,17 +124,20 @@ class SeenHypers(Callback):
 def test_param_scheduler_sets_param_groups_each_batch():
     dls = make_dls()
     model = make_model()
-    groups = lambda params: torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[2].parameters()}],
-                                            lr=params, momentum=0.9)
-    learn = Learner(model, dls, lr=0.1, opt_func=lambda params, lr: groups(lr), logger=None)
+    def two_groups(params, lr):  # one group per linear layer (the Learner's `params` are ignored)
+        layers = [{"params": model[0].parameters()}, {"params": model[2].parameters()}]
+        return torch.optim.SGD(layers, lr=lr, momentum=0.9)
+    learn = Learner(model, dls, lr=0.1, opt_func=two_groups, logger=None)
     seen = SeenHypers()
     n_epochs = 2
-    learn.fit(n_epochs, cbs=[ParamScheduler(lr=[sched_lin(0.1, 0.0), sched_cos(0.2, 0.0)], mom=sched_lin(0.9, 0.8)), seen])
+    scheduler = ParamScheduler(lr=[sched_lin(0.1, 0.0), sched_cos(0.2, 0.0)], mom=sched_lin(0.9, 0.8))
+    learn.fit(n_epochs, cbs=[scheduler, seen])
     total = n_epochs * len(dls.train)
     test_eq(len(seen.seen), total)
     for t, groups_seen in enumerate(seen.seen):
         (lr0, mom0, _), (lr1, mom1, _) = groups_seen
-        assert lr0 == pytest.approx(0.1 * (1 - t / total)) and lr1 == pytest.approx(sched_cos(0.2, 0)(t / total))
+        assert lr0 == pytest.approx(0.1 * (1 - t / total))
+        assert lr1 == pytest.approx(sched_cos(0.2, 0)(t / total))
         assert mom0 == pytest.approx(0.9 - 0.1 * t / total) and mom1 == mom0
 
 def test_param_scheduler_equals_torch_cosine_scheduler():
@@ -125,8 +145,8 @@ def test_param_scheduler_equals_torch_cosine_scheduler():
     learn = Learner(make_model(), dls, lr=0.1, cbs=[Recorder()], logger=None)
     learn.fit(3, cbs=[ParamScheduler(lr=sched_cos(0.1, 0.001))])
     T = 3 * len(dls.train)
-    test_near(learn.recorder.lrs,
-              torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=T, eta_min=0.001), T, lr=0.1))
+    cosine = lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=T, eta_min=0.001)
+    test_near(learn.recorder.lrs, torch_lrs(cosine, T, lr=0.1))
     test_eq(len(learn.recorder.losses), T)
     test_eq(learn.recorder.epoch_ends, [len(dls.train) * (i + 1) for i in range(3)])
 
@@ -144,7 +164,8 @@ def test_param_scheduler_rejects_unknown_hyper_parameter():
         learn.fit(1, cbs=[ParamScheduler(betas=sched_no(0.9))])
 
 def trained_learner():
-    learn = Learner(make_model(), make_dls(), lr=0.05, opt_func=partial(torch.optim.SGD, momentum=0.9), logger=None)
+    sgd_mom = partial(torch.optim.SGD, momentum=0.9)
+    learn = Learner(make_model(), make_dls(), lr=0.05, opt_func=sgd_mom, logger=None)
     learn.fit(1)
     return learn
 
@@ -157,7 +178,8 @@ def assert_same_state(learn, saved):
     for k, v in learn.model.state_dict().items(): assert torch.equal(v, model_state[k]), k
     now = learn.opt.state_dict()
     assert now["param_groups"] == opt_state["param_groups"]
-    for i, s in opt_state["state"].items(): assert torch.equal(now["state"][i]["momentum_buffer"], s["momentum_buffer"])
+    for i, s in opt_state["state"].items():
+        assert torch.equal(now["state"][i]["momentum_buffer"], s["momentum_buffer"])
 
 def test_lr_find_restores_model_and_optimizer_exactly_and_training_continues_identically():
     learn, twin = trained_learner(), trained_learner()
@@ -168,7 +190,8 @@ def test_lr_find_restores_model_and_optimizer_exactly_and_training_continues_ide
     assert learn.lr == 0.05 and learn.check_loss and learn.logger is None
     # the next fit is the one it would have been without the finder (fresh loaders with the same seed)
     learn.dls, twin.dls = make_dls(seed=3), make_dls(seed=3)
-    learn.fit(1); twin.fit(1)
+    learn.fit(1)
+    twin.fit(1)
     for a, b in zip(learn.model.parameters(), twin.model.parameters()): assert torch.equal(a, b)
 
 def test_lr_find_stops_on_divergence():
@@ -200,13 +223,13 @@ def test_early_stopping_stops_after_patience_epochs(capsys):
     learn = Learner(make_model(), make_dls(), logger=None)
     early = EarlyStopping(patience=3)
     learn.fit(len(script), cbs=[ValidLossScript(script), early])
-    test_eq(early.best_epoch, 3); test_eq(early.stopped_epoch, 6)
+    test_eq((early.best_epoch, early.stopped_epoch), (3, 6))
     test_eq(len(learn.metrics.log), 7)
     assert "stopped after epoch 6" in capsys.readouterr().out
     # min_delta: 0.8 after 1.0 is an improvement, 0.7 after 0.8 is not enough of one
     early = EarlyStopping(patience=2, min_delta=0.15, verbose=False)
     learn.fit(len(script), cbs=[ValidLossScript(script), early])
-    test_eq(early.best_epoch, 1); test_eq(early.stopped_epoch, 3)
+    test_eq((early.best_epoch, early.stopped_epoch), (1, 3))
 
 def test_save_best_model_keeps_the_best_weights(tmp_path):
     script = [1.0, 0.5, 0.7, 0.9]
@@ -215,7 +238,8 @@ def test_save_best_model_keeps_the_best_weights(tmp_path):
     class Snapshots(Callback):
         order = 102
         def before_fit(self): self.states = []
-        def after_epoch(self): self.states.append({k: v.clone() for k, v in self.learn.model.state_dict().items()})
+        def after_epoch(self):
+            self.states.append({k: v.clone() for k, v in self.learn.model.state_dict().items()})
 
     snaps, best = Snapshots(), SaveBestModel(path=tmp_path / "best.pt")
     learn.fit(len(script), cbs=[ValidLossScript(script), best, snaps])
@@ -231,8 +255,9 @@ def test_save_best_model_without_restore_and_max_mode():
     best = SaveBestModel("valid_accuracy", restore=False)
     learn.fit(3, cbs=[best])
     accs = [row["valid_accuracy"] for row in learn.metrics.log]
-    test_eq(best.mode, "max"); test_eq(best.best, max(accs))
-    for k, v in learn.model.state_dict().items(): assert best.best_state[k].data_ptr() != v.data_ptr()  # a copy
+    test_eq((best.mode, best.best), ("max", max(accs)))
+    for k, v in learn.model.state_dict().items():
+        assert best.best_state[k].data_ptr() != v.data_ptr()  # a copy
 
 def test_is_improvement_only_answers_and_set_best_records():
     learn = Learner(make_model(), make_dls(), logger=None)
