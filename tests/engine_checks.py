@@ -1,12 +1,12 @@
 """The oracle checks that every function of our engine passes: lessons 02c (tests/test_autograd.py) and
 19 (tests/test_autograd_functions.py) run them over their tables of functions."""
 import torch
+
 from exp.autograd import Variable, numerical_grad, tanh
 from exp.testing import test_eq, test_near
 
-
 def check_gradients(ours, theirs, xs):
-    "Our function's output equals torch's; its gradients equal torch.autograd's and numerical differentiation's."
+    "Our function's output equals torch's; its gradients equal torch.autograd's and numerical differences'."
     weight = torch.randn(theirs(*xs).shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     vs = [Variable(x.clone()) for x in xs]
     out = ours(*vs)
@@ -14,7 +14,8 @@ def check_gradients(ours, theirs, xs):
     (out * weight).sum().backward()
     ts = [x.clone().requires_grad_() for x in xs]
     (theirs(*ts) * weight).sum().backward()
-    numeric = numerical_grad(lambda *a: (ours(*map(Variable, a)) * weight).sum().data, *[x.clone() for x in xs])
+    def weighted(*a): return (ours(*map(Variable, a)) * weight).sum().data
+    numeric = numerical_grad(weighted, *[x.clone() for x in xs])
     for v, t, n in zip(vs, ts, numeric):
         test_eq(tuple(v.grad.shape), tuple(v.shape))
         test_near(v.grad.data, t.grad, atol=1e-10, rtol=1e-10)

@@ -1,22 +1,57 @@
 """Tests for exp.autograd: every operation against torch.autograd (float64) and central differences,
 higher-order derivatives against torch, the engine's graph handling, and its error messages."""
-import gc, sys, weakref
+import gc
+import subprocess
+import sys
+import textwrap
+import weakref
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from exp.autograd import (Variable, Function, no_grad, eval_mode, using_config, Config, numerical_grad, exp, log, sin, cos, tanh,
-                          sigmoid, relu, reshape, transpose, broadcast_to, sum_to, matmul, linear, getitem, clip, softmax,
-                          log_softmax, softmax_cross_entropy, mse, concat, split, dot_graph, Sequential, Linear, SGD)
 from engine_checks import check_gradients, check_second_order
-from exp.testing import test_near, test_eq
 
+from exp.autograd import (
+    SGD,
+    Config,
+    Linear,
+    Sequential,
+    Variable,
+    broadcast_to,
+    clip,
+    concat,
+    cos,
+    dot_graph,
+    eval_mode,
+    exp,
+    getitem,
+    linear,
+    log,
+    log_softmax,
+    matmul,
+    mse,
+    no_grad,
+    relu,
+    reshape,
+    sigmoid,
+    sin,
+    softmax,
+    softmax_cross_entropy,
+    split,
+    sum_to,
+    tanh,
+    using_config,
+)
+from exp.testing import test_eq, test_near
 
 @pytest.fixture(autouse=True)
 def _single_thread(one_thread):
     "Tiny ops: one thread for these tests only, restored afterwards (the fixture is in conftest.py)."
 
 
+ROOT = Path(__file__).resolve().parents[1]
 LABELS = torch.tensor([1, 0, 4])
 # name: (ours, torch's, input shapes[, positive inputs])
 OPS = {
@@ -48,7 +83,8 @@ OPS = {
     "matmul": (lambda a, b: a @ b, lambda a, b: a @ b, [(3, 4), (4, 2)]),
     "matmul_batched": (matmul, torch.matmul, [(2, 3, 4), (4, 5)]),
     "matmul_vector": (matmul, torch.matmul, [(3, 4), (4,)]),
-    "rmatmul_tensor": (lambda a: torch.ones(2, 3, dtype=torch.float64) @ a, lambda a: torch.ones(2, 3, dtype=torch.float64) @ a, [(3, 4)]),
+    "rmatmul_tensor": (lambda a: torch.ones(2, 3, dtype=torch.float64) @ a,
+                       lambda a: torch.ones(2, 3, dtype=torch.float64) @ a, [(3, 4)]),
     "linear": (linear, F.linear, [(5, 4), (3, 4), (3,)]),
     "linear_no_bias": (linear, F.linear, [(2, 5, 4), (3, 4)]),
     "getitem_slice": (lambda a: a[1:, ::2], lambda a: a[1:, ::2], [(3, 4)]),
@@ -61,7 +97,8 @@ OPS = {
     "softmax": (softmax, lambda a: torch.softmax(a, 1), [(3, 5)]),
     "softmax_axis0": (lambda a: softmax(a, 0), lambda a: torch.softmax(a, 0), [(3, 5)]),
     "log_softmax": (log_softmax, lambda a: torch.log_softmax(a, 1), [(3, 5)]),
-    "softmax_cross_entropy": (lambda a: softmax_cross_entropy(a, LABELS), lambda a: F.cross_entropy(a, LABELS), [(3, 5)]),
+    "softmax_cross_entropy": (lambda a: softmax_cross_entropy(a, LABELS),
+                              lambda a: F.cross_entropy(a, LABELS), [(3, 5)]),
     "mse": (mse, F.mse_loss, [(4, 3), (4, 3)]),
     "concat": (lambda a, b: concat([a, b], 1), lambda a, b: torch.cat([a, b], 1), [(2, 3), (2, 2)]),
     "split_first": (lambda a: split(a, [1, 2], 1)[1], lambda a: torch.split(a, [1, 2], 1)[1], [(2, 3)]),
@@ -84,14 +121,17 @@ def test_gradient_matches_torch_and_numerical(name):
     check_gradients(*spec(name))
 
 
-@pytest.mark.parametrize("name", [n for n in OPS if n not in ("relu", "clip")])  # relu'' and clip'' are 0 (or undefined at kinks)
+# relu'' and clip'' are 0 (or undefined at the kinks)
+@pytest.mark.parametrize("name", [n for n in OPS if n not in ("relu", "clip")])
 def test_second_order_matches_torch(name):
     "Gradient penalty: d/dx of sum(w * (dL/dx)^2), through a create_graph backward."
     check_second_order(*spec(name))
 
 
 def expression(x): return tanh(x) * sin(x ** 2) + exp(-x) / (1 + x * x) - log(1 + x * x) * cos(x)
-def expression_torch(x): return torch.tanh(x) * torch.sin(x ** 2) + torch.exp(-x) / (1 + x * x) - torch.log(1 + x * x) * torch.cos(x)
+def expression_torch(x):
+    return (torch.tanh(x) * torch.sin(x ** 2) + torch.exp(-x) / (1 + x * x)
+            - torch.log(1 + x * x) * torch.cos(x))
 
 
 def test_second_and_third_derivatives_match_torch():
@@ -153,8 +193,10 @@ def test_diamond_and_reused_intermediates_match_torch():
         e = d + f_exp(b) * d
         return (e * c).sum()
     x = torch.randn(5, dtype=torch.float64)
-    v = Variable(x.clone()); graph(v, sin, exp).backward()
-    t = x.clone().requires_grad_(); graph(t, torch.sin, torch.exp).backward()
+    v = Variable(x.clone())
+    graph(v, sin, exp).backward()
+    t = x.clone().requires_grad_()
+    graph(t, torch.sin, torch.exp).backward()
     test_near(v.grad.data, t.grad, atol=1e-12, rtol=1e-12)
 
 
@@ -165,7 +207,8 @@ def test_deep_chain_10000_no_recursion_error():
     for i in range(10_000):
         y, yt = (y * 1.0001, yt * 1.0001) if i % 2 else (sin(y), torch.sin(yt))
     assert 10_000 > sys.getrecursionlimit()
-    y.backward(); yt.backward()
+    y.backward()
+    yt.backward()
     test_near(x.grad.data, xt.grad, atol=1e-12, rtol=1e-9)
     del y  # freeing a 10,000-deep graph must not overflow the stack either
 
@@ -241,10 +284,12 @@ def test_constants_get_no_gradient_and_skip_work():
 
 def test_operators_accept_numbers_arrays_and_tensors_on_either_side():
     x = Variable(torch.tensor([1.0, 2.0], dtype=torch.float64))
-    for other in (2, 2.5, np.array([1.0, 3.0]), np.float64(2.0), torch.tensor([1.0, 3.0], dtype=torch.float64)):
+    others = (2, 2.5, np.array([1.0, 3.0]), np.float64(2.0), torch.tensor([1.0, 3.0], dtype=torch.float64))
+    for other in others:
         o = torch.as_tensor(other, dtype=torch.float64)
-        for ours, ref in [(x + other, x.data + o), (other + x, o + x.data), (x - other, x.data - o), (other - x, o - x.data),
-                          (x * other, x.data * o), (other * x, o * x.data), (x / other, x.data / o), (other / x, o / x.data)]:
+        for ours, ref in [(x + other, x.data + o), (other + x, o + x.data), (x - other, x.data - o),
+                          (other - x, o - x.data), (x * other, x.data * o), (other * x, o * x.data),
+                          (x / other, x.data / o), (other / x, o / x.data)]:
             assert isinstance(ours, Variable), type(ours)
             test_near(ours.data, ref)
     f32 = Variable(torch.ones(2))
@@ -255,7 +300,8 @@ def test_multiple_outputs_unused_output_gets_zeros():
     x = Variable(torch.randn(2, 5, dtype=torch.float64))
     a, b, c = split(x, [1, 3, 1], axis=1)
     (b * 2).sum().backward()
-    expected = torch.zeros(2, 5, dtype=torch.float64); expected[:, 1:4] = 2
+    expected = torch.zeros(2, 5, dtype=torch.float64)
+    expected[:, 1:4] = 2
     test_near(x.grad.data, expected)
 
 
@@ -273,9 +319,11 @@ def test_backward_on_non_scalar_needs_a_seed():
 
 
 def test_shape_errors_name_both_shapes():
-    with pytest.raises(ValueError, match=r"\(2, 3\) and \(4, 5\)"): Variable(torch.ones(2, 3)) @ Variable(torch.ones(4, 5))
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(4, 5\)"):
+        Variable(torch.ones(2, 3)) @ Variable(torch.ones(4, 5))
     with pytest.raises(ValueError, match=r"\(2, 3\) and \(4,\)"): Variable(torch.ones(2, 3)) + torch.ones(4)
-    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3,\)"): softmax_cross_entropy(Variable(torch.ones(2, 3)), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3,\)"):
+        softmax_cross_entropy(Variable(torch.ones(2, 3)), torch.tensor([0, 1, 2]))
 
 
 def test_engine_tensors_never_require_grad():
@@ -304,7 +352,9 @@ def test_tiny_mlp_learns_a_separable_problem():
     assert len(list(model.parameters())) == 4
     for _ in range(300):
         loss = softmax_cross_entropy(model(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     with no_grad(): accuracy = (model(x).data.argmax(1) == y).float().mean().item()
     assert accuracy > 0.9
 
@@ -360,3 +410,38 @@ def test_relu_backward_is_one_pass_and_twice_differentiable():
     (ggt,) = torch.autograd.grad((gt * gt).sum(), xt)
     test_near(gx.data, gt.detach(), atol=1e-12, rtol=0)
     test_near(xv.grad.data, ggt, atol=1e-12, rtol=0)
+
+
+@pytest.mark.slow
+def test_each_speed_trick_taken_out_keeps_the_engine_correct():
+    "`benchmarks/autograd.py --tricks` times patched engines: each patch applies, and gives the same numbers."
+    code = textwrap.dedent('''
+        import sys
+        import torch
+        sys.path.insert(0, "benchmarks")
+        import autograd as bench
+
+        def numbers(m):
+            gen = torch.Generator().manual_seed(0)
+            x = m.Variable(torch.randn(4, 5, generator=gen, dtype=torch.float64))
+            W = m.Variable(torch.randn(3, 5, generator=gen, dtype=torch.float64))
+            b = m.Variable(torch.randn(3, generator=gen, dtype=torch.float64))
+            h = m.tanh(m.linear(x, W, b) * 1.5) + m.sin(b) ** 2
+            left, right = m.split(h, [1, 2], axis=1)
+            loss = m.softmax_cross_entropy(m.concat([right, left * 2.0], 1), torch.tensor([0, 2, 1, 1]))
+            loss.backward(create_graph=True)
+            gW = W.grad
+            W.cleargrad()
+            (gW * gW).sum().backward()
+            return [loss.data, gW.data, W.grad.data, x.grad.data, b.grad.data]
+
+        expected = numbers(bench.load_engine())
+        for name, (_, patches) in bench.TRICKS.items():
+            for got, want in zip(numbers(bench.load_engine(patches)), expected):
+                assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), name
+        print(len(bench.TRICKS), "tricks")
+    ''')
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[0]) >= 5
