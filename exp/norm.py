@@ -5,6 +5,7 @@ __all__ = ['normalize', 'channel_view', 'BatchNorm', 'LayerNorm', 'InstanceNorm'
 
 # %% nbs/07_batchnorm.ipynb cell 3
 import math
+
 import torch
 from torch import nn
 
@@ -42,12 +43,13 @@ class BatchNorm(nn.Module):
             self.update_stats(x, dims)
             x = normalize(x, dims, self.eps)
         else:
-            x = (x - channel_view(self.running_mean, x.ndim)) / channel_view(self.running_var + self.eps, x.ndim).sqrt()
+            mean, var = channel_view(self.running_mean, x.ndim), channel_view(self.running_var, x.ndim)
+            x = (x - mean) / (var + self.eps).sqrt()
         return x * channel_view(self.weight, x.ndim) + channel_view(self.bias, x.ndim)
 
     def extra_repr(self): return f"{len(self.weight)}, momentum={self.momentum}, eps={self.eps}"
 
-# %% nbs/07_batchnorm.ipynb cell 14
+# %% nbs/07_batchnorm.ipynb cell 22
 class LayerNorm(nn.Module):
     "Normalise each sample over its last `len(shape)` dims, with elementwise affine; equals `nn.LayerNorm`."
     def __init__(self, shape, eps=1e-5):
@@ -87,7 +89,7 @@ class GroupNorm(nn.Module):
         x = normalize(grouped, 2, self.eps).view(x.shape)
         return x * channel_view(self.weight, x.ndim) + channel_view(self.bias, x.ndim)
 
-# %% nbs/07_batchnorm.ipynb cell 19
+# %% nbs/07_batchnorm.ipynb cell 29
 class RunningBatchNorm(nn.Module):
     "BatchNorm that normalises with running sums, squares and counts in training too; trains at batch size 2."
     def __init__(self, n_channels, momentum=0.1, eps=1e-5):
@@ -103,18 +105,22 @@ class RunningBatchNorm(nn.Module):
         return 1 - (1 - self.momentum) / math.sqrt(max(batch_size - 1, 1))
 
     def running_stats(self, x, dims):
-        "Running sums, squares and count, including this batch (with its gradient); the stored ones are updated."
+        "Running sums, squares and count including this batch (with its gradient); stores them too."
         momentum = self.batch_momentum(x.shape[0])
         sums = self.sums.lerp(x.sum(dims), momentum)
         squares = self.squares.lerp((x * x).sum(dims), momentum)
         count = self.count.lerp(torch.full_like(self.count, x.numel() / x.shape[1]), momentum)  # x's device
         with torch.no_grad():
-            self.sums.copy_(sums); self.squares.copy_(squares); self.count.copy_(count); self.seen += x.shape[0]
+            self.sums.copy_(sums)
+            self.squares.copy_(squares)
+            self.count.copy_(count)
+            self.seen += x.shape[0]
         return sums, squares, count
 
     def forward(self, x):
         dims = [0] + list(range(2, x.ndim))
-        sums, squares, count = self.running_stats(x, dims) if self.training else (self.sums, self.squares, self.count)
+        if self.training: sums, squares, count = self.running_stats(x, dims)
+        else: sums, squares, count = self.sums, self.squares, self.count
         count = count.clamp_min(1e-12)  # only 0 before the first training batch
         mean = sums / count
         var = squares / count - mean * mean

@@ -1,17 +1,21 @@
 "Normalisation layers from scratch, checked against PyTorch's; RunningBatchNorm at batch size 2."
 import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from exp.norm import BatchNorm, LayerNorm, InstanceNorm, GroupNorm, RunningBatchNorm, normalize
+
+from exp.norm import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RunningBatchNorm, normalize
 from exp.testing import test_near
 
 def same_affine(ours, theirs):
     torch.manual_seed(1)
     weight, bias = torch.randn(ours.weight.shape), torch.randn(ours.bias.shape)
     with torch.no_grad():
-        for module in (ours, theirs): module.weight.copy_(weight); module.bias.copy_(bias)
+        for module in (ours, theirs):
+            module.weight.copy_(weight)
+            module.bias.copy_(bias)
 
 def forward_backward(module, x):
     x = x.clone().requires_grad_()
@@ -29,10 +33,13 @@ def test_batchnorm_train_and_eval_equal_torch(ours, theirs, shape):
     torch.manual_seed(0)
     for _ in range(6):
         x = torch.randn(*shape) * 3 + 2
-        for a, b in zip(forward_backward(ours, x), forward_backward(theirs, x)): test_near(a, b, atol=1e-4, rtol=1e-4)
+        for a, b in zip(forward_backward(ours, x), forward_backward(theirs, x)):
+            test_near(a, b, atol=1e-4, rtol=1e-4)
         test_near(ours(x), theirs(x))
-        test_near(ours.running_mean, theirs.running_mean); test_near(ours.running_var, theirs.running_var)
-    ours.eval(); theirs.eval()
+        test_near(ours.running_mean, theirs.running_mean)
+        test_near(ours.running_var, theirs.running_var)
+    ours.eval()
+    theirs.eval()
     x = torch.randn(*shape) * 3 + 2
     test_near(ours(x), theirs(x))
     test_near(ours.running_mean, theirs.running_mean)  # evaluation leaves the statistics alone
@@ -48,12 +55,15 @@ def test_batchnorm_loads_torch_state():
 @pytest.mark.parametrize("ours,theirs", [
     (LayerNorm((6, 5, 5)), nn.LayerNorm((6, 5, 5))), (LayerNorm(5), nn.LayerNorm(5)),
     (InstanceNorm(6), nn.InstanceNorm2d(6, affine=True)),
-    (GroupNorm(3, 6), nn.GroupNorm(3, 6)), (GroupNorm(1, 6), nn.GroupNorm(1, 6)), (GroupNorm(6, 6), nn.GroupNorm(6, 6))])
+    (GroupNorm(3, 6), nn.GroupNorm(3, 6)), (GroupNorm(1, 6), nn.GroupNorm(1, 6)),
+    (GroupNorm(6, 6), nn.GroupNorm(6, 6))])
 def test_other_norms_equal_torch(ours, theirs):
     same_affine(ours, theirs)
     x = torch.randn(4, 6, 5, 5) * 2 + 3
-    for a, b in zip(forward_backward(ours, x), forward_backward(theirs, x)): test_near(a, b, atol=1e-4, rtol=1e-4)
-    ours.eval(); theirs.eval()
+    for a, b in zip(forward_backward(ours, x), forward_backward(theirs, x)):
+        test_near(a, b, atol=1e-4, rtol=1e-4)
+    ours.eval()
+    theirs.eval()
     test_near(ours(x), theirs(x))
 
 def test_normalize_matches_layer_norm_function():
@@ -62,6 +72,13 @@ def test_normalize_matches_layer_norm_function():
 
 def test_groupnorm_rejects_uneven_groups():
     with pytest.raises(AssertionError): GroupNorm(4, 6)
+
+def test_batchnorm_of_two_one_pixel_images_is_plus_minus_one():
+    "With two values per channel, training-mode BatchNorm can only output ±1 (less a hair for eps)."
+    torch.manual_seed(0)
+    out = BatchNorm(5)(torch.randn(2, 5, 1, 1) * 3 + 7)
+    test_near(out.abs(), torch.ones(2, 5, 1, 1), atol=1e-3)
+    test_near(out.sum(0), torch.zeros(5, 1, 1), atol=1e-5)
 
 def test_running_batchnorm_single_batch_equals_batchnorm():
     x = torch.randn(16, 3, 5, 5) * 2 + 1
@@ -79,17 +96,17 @@ def test_running_batchnorm_converges_to_data_stats():
 
 def train_at_batch_size_2(norm):
     "One epoch of a small CNN on 600 digits at batch size 2; valid accuracy (evaluation mode)."
-    from exp.data import load_digits
     from exp.conv import get_cnn_model, init_cnn
-    from exp.optimizers import SGD
+    from exp.data import load_digits
     x_train, y_train, x_valid, y_valid = load_digits()
     torch.manual_seed(0)
     model = init_cnn(get_cnn_model(norm=norm))
-    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     order = torch.randperm(600, generator=torch.Generator().manual_seed(0))
     for idx in order.split(2):
         F.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
-        opt.step(); opt.zero_grad()
+        opt.step()
+        opt.zero_grad()
     model.eval()
     with torch.no_grad(): return (model(x_valid).argmax(1) == y_valid).float().mean().item()
 
