@@ -63,6 +63,7 @@ class Module:
     def forward(self, *args): raise NotImplementedError
     def backward(self, out_grad): raise NotImplementedError
 
+# %% nbs/02_fully_connected.ipynb cell 28
 class Lin(Module):
     "Linear layer `x @ w + b`; `backward` stores `w_grad` and `b_grad`."
     def __init__(self, w, b): self.w, self.b = w, b
@@ -71,6 +72,7 @@ class Lin(Module):
         x_grad, self.w_grad, self.b_grad = lin_grad(self.args[0], self.w, out_grad)
         return x_grad
 
+# %% nbs/02_fully_connected.ipynb cell 30
 class Relu(Module):
     "Rectified linear unit."
     def forward(self, x): return relu(x)
@@ -81,6 +83,7 @@ class Mse(Module):
     def forward(self, output, target): return mse(output, target)
     def backward(self, out_grad=1.): return out_grad * mse_grad(*self.args)
 
+# %% nbs/02_fully_connected.ipynb cell 32
 class Model(Module):
     """Linear → ReLU → linear with an MSE loss; `backward` fills each layer's gradients and returns the
     input's."""
