@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .learner import Callback
 
 # %% nbs/10b_mixup.ipynb cell 6
@@ -47,13 +48,14 @@ def draw_lambda(alpha, rng):
 
 # %% nbs/10b_mixup.ipynb cell 15
 class MixUp(Callback):
-    "Mixup: train on blends of pairs of images, λ ~ Beta(α, α) drawn per batch, with the same blend of their losses."
+    "Mixup: train on blends of image pairs, λ ~ Beta(α, α) per batch, with the same blend of their losses."
     order = 20
     def __init__(self, alpha=0.4, seed=None): self.alpha, self.seed = alpha, seed
 
     def before_fit(self):
         self.rng = np.random.default_rng(self.seed)
-        self.plain_loss, self.learn.loss_func = self.learn.loss_func, self.loss
+        self.plain_loss = self.learn.loss_func
+        self.learn.set_for_fit(loss_func=self.loss)   # the fit puts the plain loss back
 
     def draw_lambda(self): return draw_lambda(self.alpha, self.rng)
 
@@ -68,5 +70,3 @@ class MixUp(Callback):
         "The blended loss while training, the plain loss otherwise."
         if not self.learn.training: return self.plain_loss(preds, target)
         return mixup_loss(self.plain_loss, preds, target, self.y_shuffled, self.lam)
-
-    def cleanup_fit(self): self.learn.loss_func = self.plain_loss

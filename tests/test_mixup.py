@@ -1,9 +1,10 @@
-"""Label smoothing equals PyTorch's; mixup's loss is the loss of the blended target, and the plain loss at λ = 1."""
+"""Label smoothing equals PyTorch's; mixup's loss is the blended target's loss, the plain loss at λ = 1."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from exp.mixup import LabelSmoothingCrossEntropy, mixup_batch, mixup_loss, draw_lambda
+
+from exp.mixup import LabelSmoothingCrossEntropy, draw_lambda, mixup_batch, mixup_loss
 
 torch.manual_seed(0)
 LOGITS, TARGET = torch.randn(32, 7) * 4, torch.randint(0, 7, (32,))
@@ -13,7 +14,8 @@ LOGITS, TARGET = torch.randn(32, 7) * 4, torch.randint(0, 7, (32,))
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_label_smoothing_equals_torch(eps, reduction):
     ours = LabelSmoothingCrossEntropy(eps, reduction)(LOGITS, TARGET)
-    torch.testing.assert_close(ours, F.cross_entropy(LOGITS, TARGET, label_smoothing=eps, reduction=reduction))
+    theirs = F.cross_entropy(LOGITS, TARGET, label_smoothing=eps, reduction=reduction)
+    torch.testing.assert_close(ours, theirs)
 
 
 def test_label_smoothing_gradients_equal_torch():
