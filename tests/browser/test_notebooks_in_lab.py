@@ -1,4 +1,4 @@
-"""The notebooks as a reader sees them: opened in JupyterLab in headless Chromium, run with Run ▸ Run All Cells.
+"""The notebooks as a reader sees them: opened in JupyterLab in headless Chromium, then Run ▸ Run All Cells.
 
     python -m pytest -m browser tests/browser -q                     # the default subset
     BROWSER_NOTEBOOKS=all python -m pytest -m browser tests/browser  # every notebook in nbs/
@@ -9,7 +9,10 @@ shows an exception, the plots are decoded `<img>` elements (not `<Figure size ..
 notebook that trains with fastprogress shows a `<progress>` bar that reaches its end. A screenshot of
 the whole notebook and a timing table go to `test-artifacts/browser/`.
 """
-import json, os, re, time
+import json
+import os
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +27,7 @@ ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "browser"  # the conftest's server
 
 @dataclass(frozen=True)
 class Expect:
-    "What a reader must see after Run All. `images`: at least this many plots; `progress`: a fastprogress bar."
+    "What a reader must see after Run All. `images`: at least this many plots; `progress`: a fastprogress bar"
     images: int = 0
     progress: bool = False
     timeout: float = 180  # seconds for Run All; 2 busy cores make a 20 s notebook take 60
@@ -37,10 +40,11 @@ EXPECTATIONS = {
     "00_exports": Expect(),
     "00c_data": Expect(images=1),
     "01_matmul": Expect(images=1),
+    "04_learner": Expect(images=1),  # the loss curve; its printed errors are outputs, not exceptions
     "09c_progress": Expect(images=1, progress=True),
 }
 # Run by default (all of nbs/ takes longer than five minutes on 2 shared cores; see the timings).
-DEFAULT_NOTEBOOKS = ["00_exports", "00c_data", "01_matmul", "09c_progress"]
+DEFAULT_NOTEBOOKS = ["00_exports", "00c_data", "01_matmul", "04_learner", "09c_progress"]
 
 
 def selected_notebooks():
@@ -103,7 +107,8 @@ RUN_STATE = """(sel) => {
   const panel = document.querySelector(sel);
   if (!panel) return null;
   const indicator = panel.querySelector('.jp-Notebook-ExecutionIndicator');
-  const prompts = Array.from(panel.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')).map(e => e.textContent.trim());
+  const prompts = Array.from(panel.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt'))
+      .map(e => e.textContent.trim());
   return {status: indicator && indicator.getAttribute('data-status'), prompts};
 }"""
 
@@ -112,12 +117,14 @@ REPORT = """(sel) => {
   const cells = Array.from(panel.querySelectorAll('.jp-CodeCell')).map((cell, i) => {
     const outputs = Array.from(cell.querySelectorAll('.jp-OutputArea-output')).map(o => ({
       mime: o.getAttribute('data-mime-type') || '', text: o.innerText.slice(0, 2000),
-      images: Array.from(o.querySelectorAll('img')).map(img => ({complete: img.complete, width: img.naturalWidth})),
+      images: Array.from(o.querySelectorAll('img'))
+          .map(img => ({complete: img.complete, width: img.naturalWidth})),
     }));
     return {prompt: cell.querySelector('.jp-InputArea-prompt').textContent.trim(), outputs};
   });
-  const bars = Array.from(panel.querySelectorAll('progress')).map(el => ({value: Number(el.getAttribute('value')),
-      max: Number(el.getAttribute('max')), interrupted: el.classList.contains('progress-bar-interrupted')}));
+  const bars = Array.from(panel.querySelectorAll('progress')).map(el => ({
+      value: Number(el.getAttribute('value')), max: Number(el.getAttribute('max')),
+      interrupted: el.classList.contains('progress-bar-interrupted')}));
   const dialogs = Array.from(document.querySelectorAll('.jp-Dialog')).map(d => d.innerText.slice(0, 300));
   const scroller = panel.querySelector('.jp-WindowedPanel-outer');
   return {cells, bars, seen: window.__progress || [], dialogs, height: scroller ? scroller.scrollHeight : 0};
@@ -177,7 +184,7 @@ def wait_for_kernel(server, relpath, timeout):
 
 
 def run_all_cells(page):
-    "Click into the notebook, then Run ▸ Run All Cells once the menu offers it (it is greyed out until the notebook is current)."
+    "Click into the notebook, then Run ▸ Run All Cells once the menu offers it (greyed out until current)."
     page.click(f"{NOTEBOOK} .jp-Cell .jp-InputPrompt")
     item = ".lm-Menu-item:not(.lm-mod-disabled) .lm-Menu-itemLabel:text-is('Run All Cells')"
     for _ in range(20):
@@ -208,7 +215,8 @@ def run_in_lab(browser, server, relpath, expect):
         # ?reset: a fresh workspace, so notebooks opened by earlier tests do not reopen (and start kernels)
         page.goto(f"{server.base_url}/lab/tree/{relpath}?reset&token={server.token}")
         wait_for_kernel(server, relpath, timeout=90)
-        page.wait_for_selector(f"{NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=30_000)
+        idle = f"{NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status='idle']"
+        page.wait_for_selector(idle, timeout=30_000)
         page.evaluate(WATCH_PROGRESS)
         timings["open_s"] = time.monotonic() - start
         start = time.monotonic()
@@ -241,7 +249,8 @@ def screenshot(page, report, relpath):
         if report and report["height"]:
             page.set_viewport_size({"width": 1280, "height": min(int(report["height"]) + 200, 16_000)})
             page.wait_for_timeout(300)
-            page.evaluate(f"() => document.querySelector({json.dumps(NOTEBOOK)} + ' .jp-WindowedPanel-outer').scrollTop = 0")
+            scroller = f"document.querySelector({json.dumps(NOTEBOOK)} + ' .jp-WindowedPanel-outer')"
+            page.evaluate(f"() => {scroller}.scrollTop = 0")
             page.wait_for_timeout(300)
         page.screenshot(path=str(ARTIFACTS / f"{Path(relpath).stem}.png"))
     except Exception as e:  # a screenshot must never hide the real failure
@@ -250,7 +259,8 @@ def screenshot(page, report, relpath):
 
 def record_timing(name, timings, outcome):
     with open(ARTIFACTS / "timings.tsv", "a") as f:
-        f.write(f"{name}\t{timings.get('open_s', float('nan')):.1f}\t{timings.get('run_s', float('nan')):.1f}\t{outcome}\n")
+        open_s, run_s = timings.get("open_s", float("nan")), timings.get("run_s", float("nan"))
+        f.write(f"{name}\t{open_s:.1f}\t{run_s:.1f}\t{outcome}\n")
 
 
 # ---- the tests ----------------------------------------------------------------------------------
@@ -262,7 +272,7 @@ def notebook_params():
         if not (NBS / f"{name}.ipynb").exists():
             reason = f"nbs/{name}.ipynb does not exist yet (listed in DEFAULT_NOTEBOOKS or BROWSER_NOTEBOOKS)"
         elif name not in selected_notebooks():
-            reason = f"{name} is not in the default browser subset; BROWSER_NOTEBOOKS=all (or ={name}) runs it"
+            reason = f"{name} is not in the default browser subset; BROWSER_NOTEBOOKS=all (or ={name}) runs"
         marks = [pytest.mark.skip(reason=reason)] if reason else []
         if name in EXPECTATIONS and EXPECTATIONS[name].known_issue:
             marks.append(pytest.mark.xfail(reason=EXPECTATIONS[name].known_issue, strict=False))
@@ -292,7 +302,8 @@ def synthetic_notebook(sources):
     cells = [{"cell_type": "code", "source": src, "metadata": {}, "outputs": [], "execution_count": None,
               "id": f"c{i}"} for i, src in enumerate(sources)]
     return {"nbformat": 4, "nbformat_minor": 5, "cells": cells,
-            "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}}}
+            "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                        "name": "python3"}}}
 
 
 def test_checks_catch_a_broken_notebook(browser, lab_server):
@@ -301,7 +312,8 @@ def test_checks_catch_a_broken_notebook(browser, lab_server):
     (lab_server.root / "nbs" / "_broken.ipynb").write_text(json.dumps(nb))
     report, _ = run_in_lab(browser, lab_server, "nbs/_broken.ipynb", Expect(images=1, progress=True))
     problems = "\n".join(problems_in(report, nb, Expect(images=1, progress=True)))
-    assert re.search(r"cell 2 \(.raise ValueError.*\) shows an error:\n.*ValueError: the reader sees this", problems, re.S), problems
+    shown = r"cell 2 \(.raise ValueError.*\) shows an error:\n.*ValueError: the reader sees this"
+    assert re.search(shown, problems, re.S), problems
     assert re.search(r"cell 1 \(.import matplotlib.\) shows a figure as text", problems), problems
     assert re.search(r"cell 3 \(.print\('never runs'\).\) has no execution count", problems), problems
     assert "0 rendered plot(s)" in problems and "no fastprogress <progress> bar" in problems, problems
@@ -309,13 +321,14 @@ def test_checks_catch_a_broken_notebook(browser, lab_server):
 
 GOOD = [
     "import time\nfrom fastprogress.fastprogress import master_bar, progress_bar",
-    "mb = master_bar(range(2))\nfor epoch in mb:\n    for i in progress_bar(range(4), parent=mb): time.sleep(0.05)\n    mb.write(f'epoch {epoch} done')",
+    "mb = master_bar(range(2))\nfor epoch in mb:\n"
+    "    for i in progress_bar(range(4), parent=mb): time.sleep(0.05)\n    mb.write(f'epoch {epoch} done')",
     "import matplotlib.pyplot as plt\nplt.figure(figsize=(2, 2)); plt.plot([3, 1, 2]);",
 ]
 
 
 def test_checks_pass_a_good_notebook_with_a_progress_bar(browser, lab_server):
-    "A fastprogress master bar (it replaces itself with its log when done) is seen, complete, and a plot is an <img>."
+    "A fastprogress master bar (replaced by its log when done) is seen, complete, and a plot is an <img>."
     nb = synthetic_notebook(GOOD)
     (lab_server.root / "nbs" / "_good.ipynb").write_text(json.dumps(nb))
     expect = Expect(images=1, progress=True)
@@ -327,7 +340,9 @@ def test_checks_pass_a_good_notebook_with_a_progress_bar(browser, lab_server):
 
 def test_server_is_local_and_needs_its_token(lab_server):
     "The server listens on 127.0.0.1 only and answers nothing without the token."
-    import urllib.error, urllib.request
+    import urllib.error
+    import urllib.request
+
     import psutil
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{lab_server.base_url}/api/contents", timeout=10)
