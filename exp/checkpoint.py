@@ -112,24 +112,6 @@ def load_checkpoint(learn, path, with_opt=True, with_rng=True):
     return ckpt
 
 # %% nbs/14_checkpoint.ipynb cell 14
-class _SkipFirstBatches:
-    """`dl`, whose first epoch skips `skip` batches drawn in the order of an epoch that started with
-    `start_rng`."""
-    def __init__(self, dl, skip, start_rng, now_rng):
-        self.dl, self.skip, self.start_rng, self.now_rng = dl, skip, start_rng, now_rng
-    def __len__(self): return len(self.dl)
-    def __getattr__(self, name): return getattr(self.__dict__["dl"], name)  # its sampler, its generator
-    def __iter__(self):
-        if self.skip is None:  # the resumed epoch is over: the loader as it is
-            yield from self.dl
-            return
-        skip, self.skip = self.skip, None
-        set_rng_states(self.start_rng, self.dl)
-        batches = iter(self.dl)
-        for _ in range(skip): next(batches)
-        set_rng_states({**self.now_rng, "data": [g.get_state() for g in data_generators(self.dl)]})
-        yield from batches
-
 class CheckpointCallback(Callback):
     """Save a checkpoint every `every_epochs` epochs and/or `every_batches` training batches; keep the best;
     resume from `resume`."""
@@ -185,6 +167,7 @@ class CheckpointCallback(Callback):
                         extra={"best": self.best, "monitor": self.monitor})
         self.saved.append(str(path))
 
+# %% nbs/14_checkpoint.ipynb cell 16
 class _Resume(Callback):
     """Restore a checkpoint when a fit starts and move the loop to its position (added by
     `CheckpointCallback(resume=...)`)."""
@@ -216,7 +199,26 @@ class _Resume(Callback):
 
     def cleanup_fit(self): self.learn.remove_cbs(self)
 
-# %% nbs/14_checkpoint.ipynb cell 24
+# %% nbs/14_checkpoint.ipynb cell 18
+class _SkipFirstBatches:
+    """`dl`, whose first epoch skips `skip` batches drawn in the order of an epoch that started with
+    `start_rng`."""
+    def __init__(self, dl, skip, start_rng, now_rng):
+        self.dl, self.skip, self.start_rng, self.now_rng = dl, skip, start_rng, now_rng
+    def __len__(self): return len(self.dl)
+    def __getattr__(self, name): return getattr(self.__dict__["dl"], name)  # its sampler, its generator
+    def __iter__(self):
+        if self.skip is None:  # the resumed epoch is over: the loader as it is
+            yield from self.dl
+            return
+        skip, self.skip = self.skip, None
+        set_rng_states(self.start_rng, self.dl)
+        batches = iter(self.dl)
+        for _ in range(skip): next(batches)
+        set_rng_states({**self.now_rng, "data": [g.get_state() for g in data_generators(self.dl)]})
+        yield from batches
+
+# %% nbs/14_checkpoint.ipynb cell 28
 def _add_to_learner(name):
     "Make the decorated function the Learner's method `name` (lesson 04's class, grown by a later lesson)."
     def add(func):
