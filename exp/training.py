@@ -114,6 +114,7 @@ def collate(items):
 
 _default_collate = collate
 
+# %% nbs/03_minibatch_training.ipynb cell 37
 def _indexes_in_batches(dataset):
     """Whether `dataset[tensor_of_indices]` returns a whole batch: ours or `TensorDataset` as they are, or
     opted in."""
@@ -121,6 +122,7 @@ def _indexes_in_batches(dataset):
     # a subclass that overrides __getitem__ (say, to transform each item) gets the safe per-item path
     return type(dataset).__getitem__ in (Dataset.__getitem__, torch.utils.data.TensorDataset.__getitem__)
 
+# %% nbs/03_minibatch_training.ipynb cell 39
 class DataLoader:
     "Batches from any map-style dataset; tensor-backed datasets are indexed a batch at a time."
     def __init__(self, dataset, batch_size=64, shuffle=False, seed=None, collate=collate, drop_last=False,
@@ -141,7 +143,7 @@ class DataLoader:
             if self.batched: yield self.dataset[idxs]
             else: yield self.collate([self.dataset[i] for i in idxs.tolist()])
 
-# %% nbs/03_minibatch_training.ipynb cell 42
+# %% nbs/03_minibatch_training.ipynb cell 47
 def fit(epochs, model, loss_func, opt, train_dl, valid_dl):
     "Train for `epochs`, printing validation loss and accuracy after each; returns the last pair."
     for epoch in range(epochs):
@@ -163,13 +165,14 @@ def fit(epochs, model, loss_func, opt, train_dl, valid_dl):
               f"{total_correct / count:.4f}")
     return total_loss / count, total_correct / count
 
+# %% nbs/03_minibatch_training.ipynb cell 49
 def set_seed(seed):
     "Seed Python's, NumPy's and torch's global generators, for a reproducible run."
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-# %% nbs/03_minibatch_training.ipynb cell 47
+# %% nbs/03_minibatch_training.ipynb cell 56
 class DataLoaders:
     "A training and a validation loader (ours or `torch.utils.data.DataLoader`s): `dls.train`, `dls.valid`."
     def __init__(self, train, valid=None): self.train, self.valid = train, valid
