@@ -107,9 +107,12 @@ def execute(path, timeout, kernel_name):
         index = current["index"]
         reason = f"timed out after {timeout}s (raise --timeout)"
         raise NotebookFailure(describe(path, nb, index, reason), "") from None
-    except DeadKernelError as e:
-        index = current["index"]
-        raise NotebookFailure(describe(path, nb, index, f"the kernel died: {e}"), "") from None
+    except (DeadKernelError, AssertionError) as e:
+        # nbclient's clean-up after a dead kernel can fail an assertion of its own, hiding the real cause
+        dead = e if isinstance(e, DeadKernelError) else e.__context__
+        if not isinstance(dead, DeadKernelError): raise
+        reason = f"the kernel died ({dead}): killed, or out of memory?"
+        raise NotebookFailure(describe(path, nb, current["index"], reason), "") from None
     finally:
         os.close(write_fd)  # the kernel has exited: the forwarder reads to the end and stops
         forwarder.join(timeout=5)  # a process the notebook started may still hold the pipe: don't wait on it

@@ -137,6 +137,16 @@ def test_a_kernel_that_dies_is_still_reported(tmp_path):
     assert "without encryption" not in result.stderr
 
 
+def test_a_killed_kernel_is_reported_without_a_traceback(tmp_path):
+    "SIGKILL (the out-of-memory killer's signal): one line naming the cell, not nbclient's traceback."
+    write_nb(tmp_path / "killed.ipynb", "import os, signal\nprint(1)", "os.kill(os.getpid(), signal.SIGKILL)")
+    result = run(tmp_path / "killed.ipynb")
+    assert result.returncode == 1
+    expected = "killed.ipynb: cell 2 ('os.kill(os.getpid(), signal.SIGKILL)') failed: the kernel died"
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr and "out of memory" in result.stderr
+
+
 def test_save_joins_a_run_of_prints_into_one_output(tmp_path):
     path = tmp_path / "prints.ipynb"
     write_nb(path, "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.05)\n"
