@@ -1,5 +1,6 @@
 """Packaging in nbdev 2's convention: everything comes from settings.ini."""
 from configparser import ConfigParser
+
 from setuptools import find_packages, setup
 
 settings = ConfigParser()
@@ -24,12 +25,13 @@ setup(
     keywords=cfg["keywords"],
     url=cfg["git_url"],
     packages=find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
-    package_data={cfg["lib_path"]: ["assets/*"]},  # the text corpus ships inside the package, as the digits do
+    package_data={cfg["lib_path"]: ["assets/*"]},  # the text corpus ships inside the package, like the digits
     python_requires=">=" + cfg["min_python"],
     install_requires=requirements("requirements"),
     extras_require={
         # the tests exercise the server and build the website, so the dev extra brings both
-        "dev": requirements("dev_requirements") + requirements("serve_requirements") + requirements("docs_requirements"),
+        "dev": (requirements("dev_requirements") + requirements("serve_requirements")
+                + requirements("docs_requirements")),
         "serve": requirements("serve_requirements"),
         "docs": requirements("docs_requirements"),
         "bench": requirements("bench_requirements"),
