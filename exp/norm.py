@@ -20,7 +20,7 @@ def channel_view(t, ndim):
     "A per-channel vector shaped `(1, C, 1, ...)` to broadcast over an `ndim`-dimensional batch."
     return t.view(1, -1, *([1] * (ndim - 2)))
 
-# %% nbs/07_batchnorm.ipynb cell 8
+# %% nbs/07_batchnorm.ipynb cell 10
 class BatchNorm(nn.Module):
     "Batch normalisation over every axis but the channels (axis 1); equals `nn.BatchNorm1d/2d/3d`."
     def __init__(self, n_channels, momentum=0.1, eps=1e-5):
@@ -49,7 +49,7 @@ class BatchNorm(nn.Module):
 
     def extra_repr(self): return f"{len(self.weight)}, momentum={self.momentum}, eps={self.eps}"
 
-# %% nbs/07_batchnorm.ipynb cell 22
+# %% nbs/07_batchnorm.ipynb cell 24
 class LayerNorm(nn.Module):
     "Normalise each sample over its last `len(shape)` dims, with elementwise affine; equals `nn.LayerNorm`."
     def __init__(self, shape, eps=1e-5):
@@ -89,7 +89,7 @@ class GroupNorm(nn.Module):
         x = normalize(grouped, 2, self.eps).view(x.shape)
         return x * channel_view(self.weight, x.ndim) + channel_view(self.bias, x.ndim)
 
-# %% nbs/07_batchnorm.ipynb cell 29
+# %% nbs/07_batchnorm.ipynb cell 31
 class RunningBatchNorm(nn.Module):
     "BatchNorm that normalises with running sums, squares and counts in training too; trains at batch size 2."
     def __init__(self, n_channels, momentum=0.1, eps=1e-5):
