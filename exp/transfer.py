@@ -153,6 +153,7 @@ def discriminative_groups(parts, lrs):
         groups.append({"params": params, "lr": float(lr)})
     return groups
 
+# %% nbs/15_transfer.ipynb cell 29
 def with_discriminative_lrs(opt_func, parts, lrs):
     "An `opt_func` for the Learner: `opt_func` on `discriminative_groups(parts, lrs)`, covering the model."
     def make(params, **hypers):
@@ -172,7 +173,7 @@ def discriminative_one_cycle(lrs, **kwargs):
     cycles = [one_cycle(lr, **kwargs) for lr in lrs]
     return {"lr": [c["lr"] for c in cycles], "mom": cycles[0]["mom"]}
 
-# %% nbs/15_transfer.ipynb cell 32
+# %% nbs/15_transfer.ipynb cell 35
 def fine_tune(model, dls, epochs, lr, freeze_epochs=1, head_lr=None, body_div=3.0, train_bn=True,
               opt_func=AdamW, cbs=None, **learner_kwargs):
     """Train a `transfer_model`'s head alone (body frozen) for `freeze_epochs` at `head_lr`, then all of it
