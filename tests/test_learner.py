@@ -1,4 +1,7 @@
 "Tests of exp.learner: events and their order, cancelling, metrics, errors, interruption, determinism."
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,9 +85,18 @@ def test_callbacks_reach_the_learner_as_self_learn_and_by_name(digits):
     assert seen == [(learn, 3)]
     assert learn.reads_the_learner.__class__ is ReadsTheLearner and isinstance(learn.metrics, MetricsCallback)
     with pytest.raises(AttributeError, match="no attribute or callback"): learn.not_a_callback
-    with pytest.raises(AttributeError, match="lesson 14 adds it"): learn.save
     names = [snake_case(n) for n in ["Recorder", "LRFinder", "EarlyStoppingCallback"]]
     assert names == ["recorder", "lr_finder", "early_stopping"]
+
+
+def test_save_before_lesson_14_says_where_it_comes_from():
+    "In a process that has not imported exp.checkpoint (a fresh one), `learn.save` names the import to add."
+    code = ("from torch import nn; from exp.learner import Learner; from exp.training import DataLoaders\n"
+            "try: Learner(nn.Linear(1, 1), DataLoaders([], [])).save\n"
+            "except AttributeError as e: print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    expected = "has no attribute or callback 'save' (lesson 14 adds it: import exp.checkpoint)"
+    assert expected in out.stdout, out.stderr
 
 
 def test_a_misspelled_event_is_refused_when_the_callback_is_added(digits):
