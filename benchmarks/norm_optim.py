@@ -1,85 +1,151 @@
-"""Our BatchNorm and optimizers vs PyTorch's (time per training step of one CNN), and our
-convolutions (im2col + matmul, direct loop) vs F.conv2d.
+"""Our BatchNorm (eager and torch.compile'd) and optimizers vs PyTorch's (time per training step of one CNN),
+BatchNorm alone (forward+backward), and our convolutions (im2col + matmul, direct loop) vs F.conv2d.
 
-    python benchmarks/norm_optim.py [--rounds 7] [--steps 20] [--threads 1]
+    python benchmarks/norm_optim.py [--rounds 7] [--steps 20] [--threads 1] [--device cpu|cuda]
 
 Contenders are interleaved (A B A B ..., the order rotating each round); we print the median time
 per step of each, and the median of the per-round ratios against the PyTorch peer measured in the
-same round. Everything is torch, so it runs in one process.
+same round. Everything is torch, so it runs in one process. torch.compile's compile time is measured
+separately (the first call) and printed; the timed calls come after it.
 """
-import argparse, copy, os, platform, statistics, sys, time
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
 from functools import partial
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 from torch import nn
-from exp.data import get_data, dataset_name
-from exp.conv import get_cnn_model, init_cnn, conv2d_unfold, conv2d_loop
+
+from exp.conv import conv2d_loop, conv2d_unfold, get_cnn_model, init_cnn
+from exp.data import dataset_name, get_data
 from exp.norm import BatchNorm, RunningBatchNorm
 from exp.optimizers import SGD, AdamW
 
-def training_step(norm, opt_func, xb, yb):
+COMPILE_SECONDS = {}  # contender -> seconds of its first (compiling) call
+
+
+def compiled_batchnorm(n_channels):
+    "Our BatchNorm, wrapped by torch.compile (one fused kernel forward, one backward)."
+    return torch.compile(BatchNorm(n_channels))
+
+
+def synchronize(device):
+    if device.type == "cuda": torch.cuda.synchronize()
+
+
+def training_step(norm, opt_func, xb, yb, name=None):
     "A function doing one training step of the digits CNN with `norm` layers and `opt_func`."
     torch.manual_seed(0)
-    model = init_cnn(get_cnn_model((16, 32, 64), norm=norm))
+    model = init_cnn(get_cnn_model((16, 32, 64), norm=norm)).to(xb.device)
     opt = opt_func(model.parameters())
     def step():
         F.cross_entropy(model(xb), yb).backward()
-        opt.step(); opt.zero_grad()
-    step()  # warm-up: allocate the optimizer state
+        opt.step()
+        opt.zero_grad()
+    start = time.perf_counter()
+    step()  # warm-up: allocate the optimizer state (and compile, if the model is compiled)
+    synchronize(xb.device)
+    if name: COMPILE_SECONDS[name] = time.perf_counter() - start
     return step
 
-def per_call(f, n):
+
+def layer_step(layer, x):
+    "A function running `layer` forward and backward on `x` (a fixed random projection as the loss)."
+    weights = torch.randn_like(x)
+    def step():
+        (layer(x) * weights).sum().backward()
+    return step
+
+
+def per_call(f, n, device):
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(n): f()
+    synchronize(device)
     return (time.perf_counter() - start) / n
 
-def compare(contenders, rounds, n):
+
+def compare(contenders, rounds, n, device):
     "Median seconds per call of each contender, and the median per-round ratio to the first (the peer)."
     names, times = list(contenders), {name: [] for name in contenders}
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
-        for name in order: times[name].append(per_call(contenders[name], n))
+        for name in order: times[name].append(per_call(contenders[name], n, device))
     peer = names[0]
     return [(name, statistics.median(times[name]),
              statistics.median(t / p for t, p in zip(times[name], times[peer]))) for name in names]
+
 
 def table(title, rows, peer):
     print(f"\n### {title}\n\n| contender | ms per call | ratio to {peer} |\n|---|---:|---:|")
     for name, seconds, ratio in rows: print(f"| {name} | {seconds * 1e3:.3f} | {ratio:.2f}× |")
 
-def main(rounds=7, steps=20, threads=1, batch_size=64):
+
+def main(rounds=7, steps=20, threads=1, batch_size=64, device="cpu"):
     torch.set_num_threads(threads)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available on this machine")
     x_train, y_train, _, _ = get_data()
-    xb, yb = x_train[:batch_size], y_train[:batch_size]
-    print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores (shared), {threads} torch thread(s), "
-          f"load average {os.getloadavg()[0]:.1f}; data {dataset_name()}, batch {batch_size}; "
-          f"median of {rounds} interleaved rounds × {steps} calls")
+    xb, yb = x_train[:batch_size].to(device), y_train[:batch_size].to(device)
+    print(f"`{' '.join(['python', *sys.argv])}`\n")
+    print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores (shared), "
+          f"{threads} torch thread(s), device {device}, load average {os.getloadavg()[0]:.1f}; "
+          f"data {dataset_name()}, batch {batch_size}; median of {rounds} interleaved rounds × {steps} calls")
 
     sgd_torch = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-4)
     norms = {"nn.BatchNorm2d": training_step(nn.BatchNorm2d, sgd_torch, xb, yb),
              "our BatchNorm": training_step(BatchNorm, sgd_torch, xb, yb),
+             "our BatchNorm, compiled": training_step(compiled_batchnorm, sgd_torch, xb, yb,
+                                                      "our BatchNorm, compiled"),
              "our RunningBatchNorm": training_step(RunningBatchNorm, sgd_torch, xb, yb)}
-    table("Normalisation: one training step of the CNN (torch SGD)", compare(norms, rounds, steps), "nn.BatchNorm2d")
+    table("Normalisation: one training step of the CNN (torch SGD)", compare(norms, rounds, steps, device),
+          "nn.BatchNorm2d")
+    print(f"\nCompiling the CNN's three BatchNorm layers (first step): "
+          f"{COMPILE_SECONDS['our BatchNorm, compiled']:.1f} s.")
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 32, 14, 14, device=device, requires_grad=True)
+    ours, theirs = BatchNorm(32).to(device), nn.BatchNorm2d(32).to(device)
+    compiled = torch.compile(BatchNorm(32).to(device))
+    start = time.perf_counter()
+    layer_step(compiled, x)()
+    synchronize(device)
+    compile_seconds = time.perf_counter() - start
+    layers = {"nn.BatchNorm2d": layer_step(theirs, x), "our BatchNorm": layer_step(ours, x),
+              "our BatchNorm, compiled": layer_step(compiled, x)}
+    table(f"BatchNorm alone, forward+backward, input {tuple(x.shape)}",
+          compare(layers, rounds, steps, device), "nn.BatchNorm2d")
+    print(f"\nCompile time of the layer alone (first call): {compile_seconds:.1f} s.")
 
     adamw_torch = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
     adamw_torch_loop = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01, foreach=False)
+    our_sgd = partial(SGD, lr=0.1, momentum=0.9, weight_decay=1e-4)
     opts = {"torch.optim.AdamW": training_step(nn.BatchNorm2d, adamw_torch, xb, yb),
             "torch.optim.AdamW(foreach=False)": training_step(nn.BatchNorm2d, adamw_torch_loop, xb, yb),
             "our AdamW": training_step(nn.BatchNorm2d, partial(AdamW, lr=1e-3, weight_decay=0.01), xb, yb),
             "torch.optim.SGD(momentum)": training_step(nn.BatchNorm2d, sgd_torch, xb, yb),
-            "our SGD(momentum)": training_step(nn.BatchNorm2d, partial(SGD, lr=0.1, momentum=0.9, weight_decay=1e-4), xb, yb)}
-    table("Optimizers: one training step of the CNN (nn.BatchNorm2d)", compare(opts, rounds, steps), "torch.optim.AdamW")
+            "our SGD(momentum)": training_step(nn.BatchNorm2d, our_sgd, xb, yb)}
+    table("Optimizers: one training step of the CNN (nn.BatchNorm2d)", compare(opts, rounds, steps, device),
+          "torch.optim.AdamW")
 
     torch.manual_seed(0)
     for shape, kernels in [((64, 16, 8, 8), (32, 16, 3, 3)), ((64, 8, 28, 28), (16, 8, 3, 3))]:
-        x, w, b = torch.randn(shape), torch.randn(kernels), torch.randn(kernels[0])
+        x = torch.randn(shape, device=device)
+        w, b = torch.randn(kernels, device=device), torch.randn(kernels[0], device=device)
         convs = {"F.conv2d": lambda: F.conv2d(x, w, b, 1, 1),
                  "conv2d_unfold (im2col + matmul)": lambda: conv2d_unfold(x, w, b, 1, 1),
                  "conv2d_loop": lambda: conv2d_loop(x, w, b, 1, 1)}
         table(f"Convolution forward, input {shape}, kernels {kernels}, padding 1",
-              compare(convs, rounds, max(2, steps // 4)), "F.conv2d")
+              compare(convs, rounds, max(2, steps // 4), device), "F.conv2d")
+    print(f"\nLoad average after: {os.getloadavg()[0]:.1f}")
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -87,4 +153,5 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     main(**vars(parser.parse_args()))
