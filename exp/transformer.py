@@ -84,7 +84,9 @@ def check_tokens(idx, vocab_size, block_size, n_past=0):
         raise ValueError(f"a sequence of {length} tokens is longer than block_size={block_size}, the number "
                          f"of positions the model has embeddings for: crop it to its last {block_size} "
                          f"tokens (idx[:, -{block_size}:]), as generate does")
-    if idx.numel():
+    # reading the ids' range is free on the CPU, but a host-device sync on a GPU at every forward (and
+    # impossible on `meta`): there the embedding's own device-side check stands guard instead
+    if idx.numel() and idx.device.type == "cpu":
         low, high = torch.aminmax(idx)
         if low < 0 or high >= vocab_size:
             bad = int(low) if low < 0 else int(high)
