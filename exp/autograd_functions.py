@@ -24,6 +24,7 @@ def _conv_size(size, kernel, stride, padding):
     "The output length of a convolution along one axis."
     return (size + 2 * padding - kernel) // stride + 1
 
+# %% nbs/19_autograd_functions.ipynb cell 12
 def im2col_tensor(x, kernel_size, stride=1, padding=0):
     "Columns (C·kh·kw, N·L) of an (N, C, H, W) tensor: a strided view of the padded image, copied once."
     (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size), _pair(stride), _pair(padding)
@@ -46,6 +47,7 @@ def col2im_tensor(cols, image_size, kernel_size, stride=1, padding=0):
             image[:, :, i:i + sh * out_h:sh, j:j + sw * out_w:sw] += patches[:, i, j]
     return image[:, :, ph:ph + h, pw:pw + w]
 
+# %% nbs/19_autograd_functions.ipynb cell 15
 class Im2col(Function):
     "Every kernel-sized patch of an (N, C, H, W) batch as a column: (C·kh·kw, N·L) for L output positions."
     def __init__(self, kernel_size, stride=1, padding=0):
@@ -66,7 +68,7 @@ def im2col(x, kernel_size, stride=1, padding=0): return Im2col(kernel_size, stri
 def col2im(cols, image_size, kernel_size, stride=1, padding=0):
     return Col2im(image_size, kernel_size, stride, padding)(cols)
 
-# %% nbs/19_autograd_functions.ipynb cell 14
+# %% nbs/19_autograd_functions.ipynb cell 20
 def _check_conv(name, x, weight, channels_axis):
     "Clear errors for the common mistakes: not 4-D, or a channel count the weight does not expect."
     if x.ndim != 4 or weight.ndim != 4:
@@ -95,6 +97,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     y = transpose(y, (1, 0, 2, 3))                                  # (N, O, OH, OW), a view
     return y if bias is None else y + reshape(bias, (1, out_channels, 1, 1))
 
+# %% nbs/19_autograd_functions.ipynb cell 22
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     "The transpose (gradient) of conv2d: (N, C, H, W) by a weight (C, O, kh, kw), as `F.conv_transpose2d`."
     xd, wd = _data(x), _data(weight)
@@ -112,7 +115,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     y = col2im(cols, (out_h, out_w), (kh, kw), (sh, sw), (ph, pw))
     return y if bias is None else y + reshape(bias, (1, out_channels, 1, 1))
 
-# %% nbs/19_autograd_functions.ipynb cell 22
+# %% nbs/19_autograd_functions.ipynb cell 30
 class Pad2d(Function):
     "Pad the last two axes by `padding` (rows, columns) on both sides with `value`."
     def __init__(self, padding, value=0.0): self.padding, self.value = _pair(padding), value
@@ -133,6 +136,7 @@ def mean(x, axis=None, keepdims=False):
     for a in axes: count *= shape[a]
     return Sum(axis, keepdims)(x) / count
 
+# %% nbs/19_autograd_functions.ipynb cell 33
 def _pool_geometry(x, kernel_size, stride, padding):
     "Check a pooling input; `(kernel, stride, padding, output size)`, each a pair."
     if x.ndim != 4: raise ValueError(f"pooling needs an input (N, C, H, W), got shape {tuple(x.shape)}")
@@ -155,7 +159,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
     n, c = _data(x).shape[:2]
     return reshape(mean(pool_columns(x, kernel_size, stride, padding), 0), (n, c, out_h, out_w))
 
-# %% nbs/19_autograd_functions.ipynb cell 25
+# %% nbs/19_autograd_functions.ipynb cell 36
 class GatherPlanes(Function):
     "Pick, in each (n, c) plane of an (N, C, H, W) tensor, the values at flat positions `index` (N, C, ...)."
     def __init__(self, index): self.index = index
@@ -179,7 +183,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     _, winners = F.max_pool2d(data, kernel, stride, padding, return_indices=True)  # positions: constants
     return GatherPlanes(winners)(x)
 
-# %% nbs/19_autograd_functions.ipynb cell 28
+# %% nbs/19_autograd_functions.ipynb cell 39
 def dropout(x, p=0.5, training=None):
     "Inverted dropout: zero each value with probability `p`, scale the rest by 1/(1-p); eval: the identity."
     if not 0 <= p < 1: raise ValueError(f"dropout probability must be in [0, 1), got {p}")
@@ -188,7 +192,7 @@ def dropout(x, p=0.5, training=None):
     keep = (torch.rand_like(data) >= p).to(data.dtype) / (1 - p)   # on x's device, in x's dtype
     return x * keep
 
-# %% nbs/19_autograd_functions.ipynb cell 31
+# %% nbs/19_autograd_functions.ipynb cell 42
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=None, momentum=0.1, eps=1e-5):
     "Normalise each channel (axis 1) by the batch's statistics (training) or the running ones (eval)."
     xd = _data(x)
@@ -220,7 +224,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=No
     if weight is not None: y = y * reshape(weight, shape)
     return y if bias is None else y + reshape(bias, shape)
 
-# %% nbs/19_autograd_functions.ipynb cell 34
+# %% nbs/19_autograd_functions.ipynb cell 45
 class LeakyReLU(Function):
     "`x` where positive, `negative_slope · x` elsewhere."
     def __init__(self, negative_slope=0.01): self.negative_slope = negative_slope
@@ -232,6 +236,7 @@ class LeakyReLU(Function):
 
 def leaky_relu(x, negative_slope=0.01): return LeakyReLU(negative_slope)(x)
 
+# %% nbs/19_autograd_functions.ipynb cell 47
 def embedding(indices, weight):
     "Rows of `weight` (num_embeddings, dim) picked by an integer tensor of any shape."
     index, rows = _data(indices), _data(weight).shape[0]
@@ -253,6 +258,7 @@ def expand_dims(x, axis):
     shape.insert(axis % (len(shape) + 1), 1)
     return reshape(x, shape)
 
+# %% nbs/19_autograd_functions.ipynb cell 49
 class BinaryCrossEntropyWithLogits(Function):
     "Mean binary cross-entropy of logits `x` against targets `t` in [0, 1], computed without overflow."
     def forward(self, x, t):
@@ -275,6 +281,7 @@ def binary_cross_entropy(p, t):
                          f"got {tuple(_data(p).shape)} and {tuple(_data(t).shape)}")
     return -mean(t * log(p) + (1 - t) * log(1 - p))
 
+# %% nbs/19_autograd_functions.ipynb cell 51
 def accuracy(logits, targets):
     "The fraction of rows whose largest logit is the target class (a plain tensor: metrics get no gradient)."
     return (_data(logits).argmax(-1) == _data(targets)).float().mean()
