@@ -155,7 +155,7 @@ class BPETokenizer:
         special_tokens, first = check_special_tokens(special_tokens), len(self.vocab)
         self.special_tokens = {token: first + i for i, token in enumerate(special_tokens)}
         self.vocab += [s.encode("utf-8") for s in self.special_tokens]
-        self.cache = {}
+        self.cache = {}  # chunk -> its ids, filled by encoding
 
     @classmethod
     def train(cls, text, vocab_size, special_tokens=(), pattern=GPT2_SPLIT_PATTERN):
@@ -164,37 +164,34 @@ class BPETokenizer:
 
     def __len__(self): return len(self.vocab)
 
-    def encode(self, text):
-        "The ids of `text` (any str); each special token in it becomes its one id."
-        ids = []
-        for piece in split_on_special(check_text(text), self.special_tokens):
-            if piece in self.special_tokens: ids.append(self.special_tokens[piece])
-            else: ids.extend(self.encode_ordinary(piece))
-        return ids
+# %% nbs/16_tokenizer.ipynb cell 45
+def _encode(self, text):
+    "The ids of `text` (any str); each special token in it becomes its one id."
+    ids = []
+    for piece in split_on_special(check_text(text), self.special_tokens):
+        if piece in self.special_tokens: ids.append(self.special_tokens[piece])
+        else: ids.extend(self.encode_ordinary(piece))
+    return ids
 
-    def encode_ordinary(self, text):
-        "The ids of `text` read as plain text: a special token's characters are encoded like any others."
-        ids = []
-        for chunk in re.findall(self.pattern, check_text(text)):
-            if chunk not in self.cache: self.cache[chunk] = encode_chunk(list(chunk.encode()), self.ranks)
-            ids.extend(self.cache[chunk])
-        return ids
+def _encode_ordinary(self, text):
+    "The ids of `text` read as plain text: a special token's characters are encoded like any others."
+    ids = []
+    for chunk in re.findall(self.pattern, check_text(text)):
+        if chunk not in self.cache: self.cache[chunk] = encode_chunk(list(chunk.encode()), self.ranks)
+        ids.extend(self.cache[chunk])
+    return ids
 
-    def decode(self, ids):
-        "The text of `ids`; bytes that are not valid UTF-8 (ids cut mid-character) become U+FFFD."
-        data = b"".join(self.vocab[check_id(i, len(self.vocab))] for i in ids)
-        return data.decode("utf-8", errors="replace")
+BPETokenizer.encode, BPETokenizer.encode_ordinary = _encode, _encode_ordinary
 
-    def save(self, path):
-        "Write the tokenizer to `path` as a JSON text file; `BPETokenizer.load(path)` reads it back."
-        return write_atomically(path, tokenizer_file_text(self).encode("utf-8"))
+# %% nbs/16_tokenizer.ipynb cell 48
+def _decode(self, ids):
+    "The text of `ids`; bytes that are not valid UTF-8 (ids cut mid-character) become U+FFFD."
+    data = b"".join(self.vocab[check_id(i, len(self.vocab))] for i in ids)
+    return data.decode("utf-8", errors="replace")
 
-    @classmethod
-    def load(cls, path):
-        "The tokenizer saved at `path` by `save`, its contents checked."
-        return cls(**read_tokenizer_file(path))
+BPETokenizer.decode = _decode
 
-# %% nbs/16_tokenizer.ipynb cell 44
+# %% nbs/16_tokenizer.ipynb cell 51
 TOKENIZER_FILE_FORMAT = "foundations BPETokenizer"
 
 def tokenizer_file_text(tokenizer):
@@ -227,3 +224,14 @@ def read_tokenizer_file(path):
     try: check_special_tokens(special_tokens)
     except ValueError as e: raise corrupt(f"bad special tokens ({e})") from None
     return {"merges": merges, "special_tokens": special_tokens, "pattern": pattern}
+
+# %% nbs/16_tokenizer.ipynb cell 53
+def _save(self, path):
+    "Write the tokenizer to `path` as a JSON text file; `BPETokenizer.load(path)` reads it back."
+    return write_atomically(path, tokenizer_file_text(self).encode("utf-8"))
+
+def _load(cls, path):
+    "The tokenizer saved at `path` by `save`, its contents checked."
+    return cls(**read_tokenizer_file(path))
+
+BPETokenizer.save, BPETokenizer.load = _save, classmethod(_load)
