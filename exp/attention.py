@@ -96,29 +96,35 @@ class MultiHeadAttention(nn.Module):
             nn.init.zeros_(self.in_proj.bias)
             nn.init.zeros_(self.out_proj.bias)
 
-    def project_heads(self, query, key, value):
-        "Queries, keys and values, each (batch, num_heads, length, head_dim)."
-        if any(x.shape[-1] != self.embed_dim for x in (query, key, value)):
-            raise ValueError(f"inputs need embed_dim={self.embed_dim} features last; got query "
-                             f"{tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}")
-        if key is query and value is query: projected = self.in_proj(query).chunk(3, dim=-1)  # one matmul
-        else:
-            weights = self.in_proj.weight.chunk(3)
-            biases = self.in_proj.bias.chunk(3) if self.in_proj.bias is not None else (None,) * 3
-            inputs = (query, key, value)
-            projected = [nn.functional.linear(x, w, b) for x, w, b in zip(inputs, weights, biases)]
-        return [split_heads(x, self.num_heads) for x in projected]
+# %% nbs/17_attention.ipynb cell 26
+def _project_heads(self, query, key, value):
+    "Queries, keys and values, each (batch, num_heads, length, head_dim)."
+    if any(x.shape[-1] != self.embed_dim for x in (query, key, value)):
+        raise ValueError(f"inputs need embed_dim={self.embed_dim} features last; got query "
+                         f"{tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}")
+    if key is query and value is query: projected = self.in_proj(query).chunk(3, dim=-1)  # one matmul
+    else:
+        weights = self.in_proj.weight.chunk(3)
+        biases = self.in_proj.bias.chunk(3) if self.in_proj.bias is not None else (None,) * 3
+        inputs = (query, key, value)
+        projected = [nn.functional.linear(x, w, b) for x, w, b in zip(inputs, weights, biases)]
+    return [split_heads(x, self.num_heads) for x in projected]
 
-    def forward(self, query, key=None, value=None, attn_mask=None, is_causal=False):
-        "Attend from `query` (batch, L, embed_dim) to `key`/`value` (default `query`); (batch, L, embed_dim)."
-        key = query if key is None else key
-        value = key if value is None else value
-        q, k, v = self.project_heads(query, key, value)
-        dropout_p = self.dropout if self.training else 0.0
-        out = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)
-        return self.out_proj(merge_heads(out))
+MultiHeadAttention.project_heads = _project_heads
 
-# %% nbs/17_attention.ipynb cell 25
+# %% nbs/17_attention.ipynb cell 29
+def _forward(self, query, key=None, value=None, attn_mask=None, is_causal=False):
+    "Attend from `query` (batch, L, embed_dim) to `key`/`value` (default `query`); (batch, L, embed_dim)."
+    key = query if key is None else key
+    value = key if value is None else value
+    q, k, v = self.project_heads(query, key, value)
+    dropout_p = self.dropout if self.training else 0.0
+    out = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)
+    return self.out_proj(merge_heads(out))
+
+MultiHeadAttention.forward = _forward
+
+# %% nbs/17_attention.ipynb cell 32
 TORCH_NAMES = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"}
 
 def check_torch_twin(ours, theirs):
@@ -144,7 +150,7 @@ def copy_to_torch(theirs, ours):
     our_names = {v: k for k, v in TORCH_NAMES.items()}
     return copy_parameters(ours, theirs, lambda name: our_names.get(name, name))
 
-# %% nbs/17_attention.ipynb cell 31
+# %% nbs/17_attention.ipynb cell 38
 def check_positions(length, offset, max_length):
     "Raise a clear error when positions offset..offset+length-1 do not fit in max_length."
     if offset < 0 or offset + length > max_length:
@@ -162,6 +168,7 @@ class LearnedPositions(nn.Module):
         check_positions(x.shape[-2], offset, self.max_length)
         return x + self.weight[offset:offset + x.shape[-2]]
 
+# %% nbs/17_attention.ipynb cell 41
 def position_frequencies(dim, base=10000.0, device=None):
     "The dim // 2 angular frequencies base^(-2i/dim), from 1 (fast) down towards 1/base (slow)."
     if dim % 2: raise ValueError(f"positional encodings pair up dimensions: dim must be even, not {dim}")
@@ -184,6 +191,7 @@ class SinusoidalPositions(nn.Module):
         check_positions(x.shape[-2], offset, self.max_length)
         return x + self.table[offset:offset + x.shape[-2]].to(x.dtype)
 
+# %% nbs/17_attention.ipynb cell 44
 def apply_rotary(x, offset=0, base=10000.0):
     "Rotary positions: rotate dim pairs (2i, 2i+1) of x (..., L, dim) by angle position * frequency_i."
     angles = torch.arange(offset, offset + x.shape[-2], device=x.device, dtype=torch.float64)[:, None]
