@@ -30,6 +30,7 @@ class Optimizer:
         "Forget every gradient (they accumulate across backward calls)."
         for p in self.params: p.cleargrad()
 
+# %% nbs/19b_autograd_training.ipynb cell 9
 def _set_grad(p, grad):
     "Replace a gradient by a new Variable: gradients of different parameters may share one tensor."
     p.grad = Variable(grad, requires_grad=False)
@@ -49,7 +50,7 @@ class ClipGradNorm:
         scale = (self.max_norm / (norm + 1e-6)).clamp(max=1)  # a tensor: no GPU sync for an `if`
         for p in params: _set_grad(p, p.grad.data * scale)
 
-# %% nbs/19b_autograd_training.ipynb cell 7
+# %% nbs/19b_autograd_training.ipynb cell 11
 class MomentumSGD(Optimizer):
     "SGD with momentum: `v ← μ·v + g`, `p ← p − lr·v` (torch's SGD with momentum)."
     def __init__(self, params, lr=0.01, momentum=0.9, hooks=()):
@@ -61,6 +62,7 @@ class MomentumSGD(Optimizer):
         else: velocity.mul_(self.momentum).add_(grad)
         param.add_(velocity, alpha=-self.lr)
 
+# %% nbs/19b_autograd_training.ipynb cell 13
 class AdaGrad(Optimizer):
     "AdaGrad: each parameter's step shrinks with the sum of its squared gradients."
     def __init__(self, params, lr=0.01, eps=1e-10, hooks=()):
@@ -71,6 +73,7 @@ class AdaGrad(Optimizer):
         squares.addcmul_(grad, grad)
         param.addcdiv_(grad, squares.sqrt().add_(self.eps), value=-self.lr)
 
+# %% nbs/19b_autograd_training.ipynb cell 15
 class Adam(Optimizer):
     "Adam: momentum over a running RMS of the gradients, both bias-corrected."
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, hooks=()):
