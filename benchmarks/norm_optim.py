@@ -11,6 +11,7 @@ separately (the first call) and printed; the timed calls come after it.
 import argparse
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -32,7 +33,7 @@ COMPILE_SECONDS = {}  # contender -> seconds of its first (compiling) call
 
 def compiled_batchnorm(n_channels):
     "Our BatchNorm, wrapped by torch.compile (one fused kernel forward, one backward)."
-    return torch.compile(BatchNorm(n_channels))
+    return torch.compile(BatchNorm(n_channels), dynamic=False)  # one static kernel per shape
 
 
 def synchronize(device):
@@ -94,7 +95,7 @@ def main(rounds=7, steps=20, threads=1, batch_size=64, device="cpu"):
         sys.exit("--device cuda: CUDA is not available on this machine")
     x_train, y_train, _, _ = get_data()
     xb, yb = x_train[:batch_size].to(device), y_train[:batch_size].to(device)
-    print(f"`{' '.join(['python', *sys.argv])}`\n")
+    print(f"`{shlex.join(['python', *sys.argv])}`\n")
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores (shared), "
           f"{threads} torch thread(s), device {device}, load average {os.getloadavg()[0]:.1f}; "
           f"data {dataset_name()}, batch {batch_size}; median of {rounds} interleaved rounds × {steps} calls")
@@ -113,7 +114,7 @@ def main(rounds=7, steps=20, threads=1, batch_size=64, device="cpu"):
     torch.manual_seed(0)
     x = torch.randn(64, 32, 14, 14, device=device, requires_grad=True)
     ours, theirs = BatchNorm(32).to(device), nn.BatchNorm2d(32).to(device)
-    compiled = torch.compile(BatchNorm(32).to(device))
+    compiled = torch.compile(BatchNorm(32).to(device), dynamic=False)
     start = time.perf_counter()
     layer_step(compiled, x)()
     synchronize(device)

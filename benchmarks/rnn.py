@@ -19,6 +19,7 @@ one process (one thread pool). Prints a markdown table.
 import argparse
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -117,7 +118,7 @@ def main(rounds=9, inner=3, threads=1, device="cpu"):
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available on this machine")
     load_before = os.getloadavg()
-    lines = [f"`{' '.join(['python', *sys.argv])}`", "",
+    lines = [f"`{shlex.join(['python', *sys.argv])}`", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}; load average "
              f"before {load_before[0]:.1f}",

@@ -23,6 +23,7 @@ import argparse
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -228,7 +229,7 @@ def main():
     contenders = {k: v for k, v in CONTENDERS.items() if not args.only or k in args.only}
 
     print(f"# Time to {target:.1%} validation accuracy on {args.dataset}\n")
-    print(f"`{' '.join(['python', *sys.argv])}`\n")
+    print(f"`{shlex.join(['python', *sys.argv])}`\n")
     print(f"torch {torch.__version__}, {platform.machine()}, {args.threads} CPU thread(s), "
           f"{os.cpu_count()} cores visible, load average before {os.getloadavg()[0]:.1f}; "
           f"{args.runs} interleaved run(s); recipe for "
