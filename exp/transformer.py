@@ -41,7 +41,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x): return self.project(self.activation(self.expand(x)))
 
-# %% nbs/18_transformer.ipynb cell 13
+# %% nbs/18_transformer.ipynb cell 14
 class CausalSelfAttention(MultiHeadAttention):
     "Our multi-head attention of a sequence on itself, each position seeing only itself and earlier ones."
     def forward(self, x, cache=None):
@@ -56,7 +56,7 @@ class CausalSelfAttention(MultiHeadAttention):
             out = scaled_dot_product_attention(q, k, v, mask, dropout_p=dropout)
         return self.out_proj(merge_heads(out))
 
-# %% nbs/18_transformer.ipynb cell 17
+# %% nbs/18_transformer.ipynb cell 18
 class Block(nn.Module):
     "A pre-norm transformer block: `x + attention(norm(x))`, then `x + feed_forward(norm(x))`."
     def __init__(self, embed_dim, num_heads, dropout=0.0):
@@ -70,7 +70,7 @@ class Block(nn.Module):
         x = x + self.dropout(self.attention(self.attention_norm(x), cache))
         return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
 
-# %% nbs/18_transformer.ipynb cell 19
+# %% nbs/18_transformer.ipynb cell 20
 def check_tokens(idx, vocab_size, block_size, n_past=0):
     "Fail clearly on ids a GPT cannot read: not integers, not (batch, time), too long, not in the vocabulary."
     kind = getattr(idx, "dtype", type(idx).__name__)
@@ -93,7 +93,7 @@ def check_tokens(idx, vocab_size, block_size, n_past=0):
             raise ValueError(f"token id {bad} is outside the vocabulary: ids must be in 0..{vocab_size - 1} "
                              f"(vocab_size={vocab_size})")
 
-# %% nbs/18_transformer.ipynb cell 20
+# %% nbs/18_transformer.ipynb cell 21
 class GPT(nn.Module):
     "A decoder-only transformer language model: token and position embeddings, pre-norm blocks, a tied head."
     def __init__(self, vocab_size, block_size, embed_dim, num_heads, num_layers, dropout=0.0):
@@ -126,7 +126,7 @@ class GPT(nn.Module):
         for block, cache in zip(self.blocks, caches or [None] * len(self.blocks)): x = block(x, cache)
         return self.head(self.norm(x))
 
-# %% nbs/18_transformer.ipynb cell 25
+# %% nbs/18_transformer.ipynb cell 26
 class TorchGPT(nn.Module):
     "Our GPT's architecture from PyTorch's modules (nn.TransformerEncoderLayer, norm_first): the oracle."
     def __init__(self, vocab_size, block_size, embed_dim, num_heads, num_layers, dropout=0.0):
@@ -148,6 +148,7 @@ class TorchGPT(nn.Module):
         for block in self.blocks: x = block(x, src_mask=mask, is_causal=True)
         return self.head(self.norm(x))
 
+# %% nbs/18_transformer.ipynb cell 28
 TORCH_BLOCK_NAMES = {"attention_norm.": "norm1.", "attention.in_proj.": "self_attn.in_proj_",
                      "attention.out_proj.": "self_attn.out_proj.", "feed_forward_norm.": "norm2.",
                      "feed_forward.expand.": "linear1.", "feed_forward.project.": "linear2."}
@@ -164,7 +165,7 @@ def torch_twin(model):
     twin = twin.to(device=model.head.weight.device, dtype=model.head.weight.dtype)
     return copy_parameters(model, twin, lambda name: our_names.get(name, name))
 
-# %% nbs/18_transformer.ipynb cell 28
+# %% nbs/18_transformer.ipynb cell 32
 def next_token(logits, temperature=1.0, top_k=None, generator=None):
     "One id per row of `logits` (batch, vocab), drawn at `temperature` among the top_k likeliest (1: argmax)."
     if top_k == 1: return logits.argmax(-1, keepdim=True)
@@ -174,7 +175,7 @@ def next_token(logits, temperature=1.0, top_k=None, generator=None):
         logits = logits.masked_fill(logits < kth_largest, -math.inf)
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
-# %% nbs/18_transformer.ipynb cell 32
+# %% nbs/18_transformer.ipynb cell 36
 class KVCache:
     "One attention layer's keys and values of the positions seen so far: new queries need not recompute them."
     def __init__(self): self.keys = self.values = None
@@ -187,7 +188,7 @@ class KVCache:
         self.keys, self.values = keys, values
         return keys, values
 
-# %% nbs/18_transformer.ipynb cell 33
+# %% nbs/18_transformer.ipynb cell 37
 def check_generate_args(model, idx, max_new_tokens, temperature, top_k):
     "Fail clearly on a prompt or settings that `generate` cannot use."
     if isinstance(idx, torch.Tensor) and idx.ndim == 2 and idx.shape[1] == 0:
@@ -217,7 +218,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=
     finally: model.train(was_training)
     return idx
 
-# %% nbs/18_transformer.ipynb cell 43
+# %% nbs/18_transformer.ipynb cell 47
 class RandomWindows:
     "`n_batches` batches of `batch_size` random windows of `block_size` tokens of `data`, and their targets."
     def __init__(self, data, block_size, batch_size, n_batches, seed=0, resample=True):
@@ -237,7 +238,7 @@ class RandomWindows:
             rows = self.windows[starts]
             yield rows[:, :-1], rows[:, 1:]
 
-# %% nbs/18_transformer.ipynb cell 48
+# %% nbs/18_transformer.ipynb cell 52
 class GradientClipping(Callback):
     "After each backward, rescale the gradients so that their global norm is at most `max_norm`."
     def __init__(self, max_norm=1.0): self.max_norm = max_norm
