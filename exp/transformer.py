@@ -175,7 +175,7 @@ def next_token(logits, temperature=1.0, top_k=None, generator=None):
         logits = logits.masked_fill(logits < kth_largest, -math.inf)
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
-# %% nbs/18_transformer.ipynb cell 36
+# %% nbs/18_transformer.ipynb cell 37
 class KVCache:
     "One attention layer's keys and values of the positions seen so far: new queries need not recompute them."
     def __init__(self): self.keys = self.values = None
@@ -188,7 +188,7 @@ class KVCache:
         self.keys, self.values = keys, values
         return keys, values
 
-# %% nbs/18_transformer.ipynb cell 37
+# %% nbs/18_transformer.ipynb cell 38
 def check_generate_args(model, idx, max_new_tokens, temperature, top_k):
     "Fail clearly on a prompt or settings that `generate` cannot use."
     if isinstance(idx, torch.Tensor) and idx.ndim == 2 and idx.shape[1] == 0:
@@ -218,7 +218,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=
     finally: model.train(was_training)
     return idx
 
-# %% nbs/18_transformer.ipynb cell 47
+# %% nbs/18_transformer.ipynb cell 48
 class RandomWindows:
     "`n_batches` batches of `batch_size` random windows of `block_size` tokens of `data`, and their targets."
     def __init__(self, data, block_size, batch_size, n_batches, seed=0, resample=True):
@@ -238,7 +238,7 @@ class RandomWindows:
             rows = self.windows[starts]
             yield rows[:, :-1], rows[:, 1:]
 
-# %% nbs/18_transformer.ipynb cell 52
+# %% nbs/18_transformer.ipynb cell 53
 class GradientClipping(Callback):
     "After each backward, rescale the gradients so that their global norm is at most `max_norm`."
     def __init__(self, max_norm=1.0): self.max_norm = max_norm
