@@ -142,32 +142,37 @@ class CheckpointCallback(Callback):
         # the generators as this epoch starts, before the sampler draws its order
         self.epoch_start_rng = get_rng_states(self.learn.dls.train)
 
-    def after_batch(self):
-        learn = self.learn
-        if not learn.training or not self.every_batches: return
-        done = learn.train_iter + 1  # the Learner counts this batch after after_batch
-        if done % self.every_batches == 0 and learn.iter + 1 < learn.n_iters:
-            self._save(self.path, epoch=learn.epoch, iter=learn.iter + 1, train_iter=done)
-
-    def after_epoch(self):
-        learn = self.learn
-        if self.every_epochs and (learn.epoch + 1) % self.every_epochs == 0:
-            self._save(self.path, epoch=learn.epoch + 1, iter=0)
-        if self.keep_best:
-            value = learn.metrics.log[-1].get(self.monitor) if learn.metrics.log else None
-            if value is not None and not math.isnan(value) and (
-                    self.best is None or (value < self.best if self.mode == "min" else value > self.best)):
-                self.best = value
-                self._save(self.best_path, epoch=learn.epoch + 1, iter=0)
-
-    def _save(self, path, epoch, iter, train_iter=None):
-        if not _is_main_process(): return  # in data-parallel training the replicas are equal: rank 0 saves
-        save_checkpoint(self.learn, path, epoch=epoch, iter=iter, train_iter=train_iter,
-                        epoch_start_rng=self.epoch_start_rng if iter else None,
-                        extra={"best": self.best, "monitor": self.monitor})
-        self.saved.append(str(path))
-
 # %% nbs/14_checkpoint.ipynb cell 16
+def _save_at(self, path, epoch, iter, train_iter=None):
+    if not _is_main_process(): return  # in data-parallel training the replicas are equal: rank 0 saves
+    save_checkpoint(self.learn, path, epoch=epoch, iter=iter, train_iter=train_iter,
+                    epoch_start_rng=self.epoch_start_rng if iter else None,
+                    extra={"best": self.best, "monitor": self.monitor})
+    self.saved.append(str(path))
+
+def _after_batch(self):
+    learn = self.learn
+    if not learn.training or not self.every_batches: return
+    done = learn.train_iter + 1  # the Learner counts this batch after after_batch
+    if done % self.every_batches == 0 and learn.iter + 1 < learn.n_iters:
+        self._save(self.path, epoch=learn.epoch, iter=learn.iter + 1, train_iter=done)
+
+def _after_epoch(self):
+    learn = self.learn
+    if self.every_epochs and (learn.epoch + 1) % self.every_epochs == 0:
+        self._save(self.path, epoch=learn.epoch + 1, iter=0)
+    if self.keep_best:
+        value = learn.metrics.log[-1].get(self.monitor) if learn.metrics.log else None
+        if value is not None and not math.isnan(value) and (
+                self.best is None or (value < self.best if self.mode == "min" else value > self.best)):
+            self.best = value
+            self._save(self.best_path, epoch=learn.epoch + 1, iter=0)
+
+CheckpointCallback._save = _save_at
+CheckpointCallback.after_batch = _after_batch
+CheckpointCallback.after_epoch = _after_epoch
+
+# %% nbs/14_checkpoint.ipynb cell 18
 class _Resume(Callback):
     """Restore a checkpoint when a fit starts and move the loop to its position (added by
     `CheckpointCallback(resume=...)`)."""
@@ -199,7 +204,7 @@ class _Resume(Callback):
 
     def cleanup_fit(self): self.learn.remove_cbs(self)
 
-# %% nbs/14_checkpoint.ipynb cell 18
+# %% nbs/14_checkpoint.ipynb cell 20
 class _SkipFirstBatches:
     """`dl`, whose first epoch skips `skip` batches drawn in the order of an epoch that started with
     `start_rng`."""
@@ -218,7 +223,7 @@ class _SkipFirstBatches:
         set_rng_states({**self.now_rng, "data": [g.get_state() for g in data_generators(self.dl)]})
         yield from batches
 
-# %% nbs/14_checkpoint.ipynb cell 28
+# %% nbs/14_checkpoint.ipynb cell 30
 def _add_to_learner(name):
     "Make the decorated function the Learner's method `name` (lesson 04's class, grown by a later lesson)."
     def add(func):

@@ -63,6 +63,7 @@ class ScaledOptimizer:
     def zero_grad(self, set_to_none=True): self.opt.zero_grad(set_to_none=set_to_none)
     def __getattr__(self, name): return getattr(self.__dict__["opt"], name)
 
+# %% nbs/10c_mixed_precision.ipynb cell 30
 class MixedPrecision(Callback):
     "Train with `torch.autocast` (float16 + dynamic loss scaling on CUDA, bfloat16 on the CPU)."
     order = 5  # enter autocast after the schedulers, around every forward pass

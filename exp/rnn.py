@@ -124,6 +124,7 @@ def stack_layers(states):
     if isinstance(states[0], tuple): return tuple(torch.stack(s) for s in zip(*states))
     return torch.stack(states)
 
+# %% nbs/12_rnn.ipynb cell 28
 class Recurrent(nn.Module):
     "A stack of `num_layers` cells unrolled over a batch-first sequence, called like nn.RNN/LSTM/GRU."
     cell_class = RNNCell
@@ -161,7 +162,7 @@ class GRU(Recurrent):
     "A multi-layer GRU, batch-first."
     cell_class = GRUCell
 
-# %% nbs/12_rnn.ipynb cell 28
+# %% nbs/12_rnn.ipynb cell 30
 def torch_parameter_name(name):
     "PyTorch's name for one of our parameters: `cells.1.weight_ih` -> `weight_ih_l1` (cell names are shared)."
     match = re.fullmatch(r"cells\.(\d+)\.(\w+)", name)
@@ -189,7 +190,7 @@ def copy_to_torch(theirs, ours):
     our_names = {torch_parameter_name(n): n for n, _ in ours.named_parameters()}
     return copy_parameters(ours, theirs, lambda name: our_names.get(name, name))
 
-# %% nbs/12_rnn.ipynb cell 29
+# %% nbs/12_rnn.ipynb cell 31
 TORCH_TWINS = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU, nn.RNNCell: RNNCell, nn.LSTMCell: LSTMCell,
                nn.GRUCell: GRUCell}
 
@@ -205,7 +206,7 @@ def from_torch(theirs):
     else: ours = kind(theirs.input_size, theirs.hidden_size, bias, **options)
     return copy_from_torch(ours, theirs)
 
-# %% nbs/12_rnn.ipynb cell 35
+# %% nbs/12_rnn.ipynb cell 37
 class SequenceLoader:
     """Consecutive windows `(x, y)` of `bptt` steps along `batch_size` parallel streams of one sequence; `y`
     is `x` one step later."""
@@ -224,7 +225,7 @@ class SequenceLoader:
         for start in range(0, self.steps, self.bptt):
             yield self.inputs[:, start:start + self.bptt], self.targets[:, start:start + self.bptt]
 
-# %% nbs/12_rnn.ipynb cell 38
+# %% nbs/12_rnn.ipynb cell 40
 def detach_state(state):
     "The state's values without its history (a tensor, or a tuple of them), so backward stops here."
     if isinstance(state, tuple): return tuple(detach_state(s) for s in state)
@@ -240,7 +241,7 @@ def graph_size(tensor):
         todo.extend(next_node for next_node, _ in node.next_functions)
     return len(seen)
 
-# %% nbs/12_rnn.ipynb cell 47
+# %% nbs/12_rnn.ipynb cell 49
 class Stateful(nn.Module):
     """Wraps `model(x, state) -> (output, state)`: carries the state from call to call, detached (truncated
     BPTT)."""
@@ -268,7 +269,7 @@ def sequence_loss(preds, targets):
     if targets.is_floating_point(): return F.mse_loss(preds, targets)
     return F.cross_entropy(preds.flatten(0, -2), targets.flatten())
 
-# %% nbs/12_rnn.ipynb cell 53
+# %% nbs/12_rnn.ipynb cell 55
 class CharVocab:
     "The characters of a text, each with an index."
     def __init__(self, text):
