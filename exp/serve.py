@@ -208,7 +208,7 @@ def serve(model, host="127.0.0.1", port=8000, max_batch=32, max_wait_ms=5, max_b
 def _stopped_as_asked(signum, frame): sys.exit(0)
 
 def main():
-    "The command line: `python -m exp.serve MODEL [--host ... --port ... --max-batch ... --max-wait-ms ...]`."
+    "The command line: `python -m exp.serve MODEL`, with serve's options (`--host`, `--port`, `--max-batch`)."
     import fire
     fire.Fire(serve)
 
