@@ -35,10 +35,11 @@ def pad_crop(x, pad=1, generator=None):
     padded = F.pad(x, (pad, pad, pad, pad))
     top = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
     left = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
-    rows = (top[:, None] + torch.arange(h, device=x.device))[:, :, None]    # (n, h, 1)
-    cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, :]   # (n, 1, w)
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)                 # (n, h, w, c) -> (n, c, h, w)
+    rows = top[:, None] + torch.arange(h, device=x.device)                  # (n, h)
+    cols = left[:, None] + torch.arange(w, device=x.device)                 # (n, w)
+    flat = rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]              # (n, h, w) positions
+    flat = flat.view(n, 1, h * w).expand(n, c, h * w)                       # the same for every channel
+    return padded.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
 
 # %% nbs/10_augmentation.ipynb cell 14
 def affine_matrices(n, max_rotate=10.0, max_zoom=0.1, max_translate=0.0, generator=None, device="cpu"):
