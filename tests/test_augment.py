@@ -36,10 +36,15 @@ def test_pad_crop_equals_slicing_oracle():
     assert torch.equal(out, expected)
 
 
-def test_pad_crop_multichannel():
-    x = torch.rand(4, 3, 6, 6)
+def test_pad_crop_multichannel_non_square_equals_slicing_oracle():
+    # rows and columns of different lengths, and channels: the flattened positions must use the padded width
+    x = torch.rand(6, 3, 5, 9)
     out = pad_crop(x, pad=1, generator=seeded_generator(0))
-    assert out.shape == x.shape
+    g = seeded_generator(0)
+    top, left = torch.randint(0, 3, (6,), generator=g), torch.randint(0, 3, (6,), generator=g)
+    padded = F.pad(x, (1, 1, 1, 1))
+    expected = torch.stack([padded[i, :, t:t + 5, l:l + 9] for i, (t, l) in enumerate(zip(top, left))])
+    assert torch.equal(out, expected)
     assert torch.equal(pad_crop(x, pad=0), x)
 
 

@@ -133,3 +133,19 @@ def test_speedrun_learns_the_digits(one_thread):
     probs = predict(model, x_valid, run["use_bf16"], tta=True)
     assert probs.shape == (len(x_valid), 10)
     torch.testing.assert_close(probs.sum(1), torch.ones(len(x_valid)))
+
+
+def test_space_to_depth_rearranges_pixels_into_channels():
+    net = speedrun_net()  # unshuffle=2: 28×28×1 in, 14×14×4 into the first convolution
+    first_conv = next(m for m in net if isinstance(m, nn.Conv2d))
+    assert isinstance(net[0], nn.PixelUnshuffle) and first_conv.in_channels == 4
+    x = torch.randn(3, 1, 28, 28)
+    seen = []
+    first_conv.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    assert net(x).shape == (3, 10)
+    # the first convolution sees every pixel exactly once: PixelShuffle puts them back where they were
+    assert seen[0].shape == (3, 4, 14, 14) and torch.equal(nn.PixelShuffle(2)(seen[0]), x)
+    assert torch.equal(seen[0][0, :, 0, 0], x[0, 0, :2, :2].flatten())
+    plain = speedrun_net((8, 16, 16), unshuffle=1)
+    assert not any(isinstance(m, nn.PixelUnshuffle) for m in plain)
+    assert next(m for m in plain if isinstance(m, nn.Conv2d)).in_channels == 1
