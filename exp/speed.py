@@ -89,6 +89,7 @@ def conv_pool_bn(n_in, n_out):
 
 def speedrun_net(widths=(32, 64, 128), in_channels=1, n_classes=10, unshuffle=2):
     "A small CNN: space to depth, pooled conv blocks, a last conv block, global max-pool, a linear layer."
+    if unshuffle < 1: raise ValueError(f"unshuffle must be >= 1 (1: no space to depth), not {unshuffle}")
     *pooled, last = widths
     # each unshuffle×unshuffle block of pixels becomes channels: fewer positions, nothing lost
     layers = [nn.PixelUnshuffle(unshuffle)] if unshuffle > 1 else []

@@ -149,3 +149,4 @@ def test_space_to_depth_rearranges_pixels_into_channels():
     plain = speedrun_net((8, 16, 16), unshuffle=1)
     assert not any(isinstance(m, nn.PixelUnshuffle) for m in plain)
     assert next(m for m in plain if isinstance(m, nn.Conv2d)).in_channels == 1
+    with pytest.raises(ValueError, match="unshuffle must be >= 1"): speedrun_net(unshuffle=0)
