@@ -2,11 +2,14 @@
 BatchNorm alone (forward+backward), and our convolutions (im2col + matmul, direct loop) vs F.conv2d.
 
     python benchmarks/norm_optim.py [--rounds 7] [--steps 20] [--threads 1] [--device cpu|cuda]
+                                    [--python-wrapper]
 
 Contenders are interleaved (A B A B ..., the order rotating each round); we print the median time
 per step of each, and the median of the per-round ratios against the PyTorch peer measured in the
 same round. Everything is torch, so it runs in one process. torch.compile's compile time is measured
-separately (the first call) and printed; the timed calls come after it.
+separately (the first call) and printed; the timed calls come after it. Compiled either each BatchNorm
+layer or the whole model, with options={"cpp_wrapper": True} (TorchInductor calls its kernels from
+generated C++, not Python); --python-wrapper compiles with the default options instead.
 """
 import argparse
 import os
@@ -29,24 +32,31 @@ from exp.norm import BatchNorm, RunningBatchNorm
 from exp.optimizers import SGD, AdamW
 
 COMPILE_SECONDS = {}  # contender -> seconds of its first (compiling) call
+COMPILE_OPTIONS = {"cpp_wrapper": True}  # main() sets None for --python-wrapper
+
+
+def compiled(module):
+    "`module` under torch.compile: one static graph per shape, fused kernels forward and backward."
+    return torch.compile(module, dynamic=False, options=COMPILE_OPTIONS)
 
 
 def compiled_batchnorm(n_channels):
-    "Our BatchNorm, wrapped by torch.compile (one fused kernel forward, one backward)."
-    return torch.compile(BatchNorm(n_channels), dynamic=False)  # one static kernel per shape
+    "Our BatchNorm layer, compiled on its own."
+    return compiled(BatchNorm(n_channels))
 
 
 def synchronize(device):
     if device.type == "cuda": torch.cuda.synchronize()
 
 
-def training_step(norm, opt_func, xb, yb, name=None):
+def training_step(norm, opt_func, xb, yb, name=None, compile_model=False):
     "A function doing one training step of the digits CNN with `norm` layers and `opt_func`."
     torch.manual_seed(0)
     model = init_cnn(get_cnn_model((16, 32, 64), norm=norm)).to(xb.device)
     opt = opt_func(model.parameters())
+    forward = compiled(model) if compile_model else model
     def step():
-        F.cross_entropy(model(xb), yb).backward()
+        F.cross_entropy(forward(xb), yb).backward()
         opt.step()
         opt.zero_grad()
     start = time.perf_counter()
@@ -72,6 +82,9 @@ def per_call(f, n, device):
     return (time.perf_counter() - start) / n
 
 
+ROUND_RATIOS = {}  # (contender, other) -> per-round time ratios, from the last compare()
+
+
 def compare(contenders, rounds, n, device):
     "Median seconds per call of each contender, and the median per-round ratio to the first (the peer)."
     names, times = list(contenders), {name: [] for name in contenders}
@@ -79,6 +92,8 @@ def compare(contenders, rounds, n, device):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order: times[name].append(per_call(contenders[name], n, device))
     peer = names[0]
+    ROUND_RATIOS.clear()
+    ROUND_RATIOS.update({(a, b): [x / y for x, y in zip(times[a], times[b])] for a in names for b in names})
     return [(name, statistics.median(times[name]),
              statistics.median(t / p for t, p in zip(times[name], times[peer]))) for name in names]
 
@@ -88,7 +103,9 @@ def table(title, rows, peer):
     for name, seconds, ratio in rows: print(f"| {name} | {seconds * 1e3:.3f} | {ratio:.2f}× |")
 
 
-def main(rounds=7, steps=20, threads=1, batch_size=64, device="cpu"):
+def main(rounds=7, steps=20, threads=1, batch_size=64, device="cpu", python_wrapper=False):
+    global COMPILE_OPTIONS
+    if python_wrapper: COMPILE_OPTIONS = None
     torch.set_num_threads(threads)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -98,29 +115,36 @@ def main(rounds=7, steps=20, threads=1, batch_size=64, device="cpu"):
     print(f"`{shlex.join(['python', *sys.argv])}`\n")
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores (shared), "
           f"{threads} torch thread(s), device {device}, load average {os.getloadavg()[0]:.1f}; "
-          f"data {dataset_name()}, batch {batch_size}; median of {rounds} interleaved rounds × {steps} calls")
+          f"data {dataset_name()}, batch {batch_size}; median of {rounds} interleaved rounds × {steps} calls;"
+          f" compiled with options={COMPILE_OPTIONS}")
 
     sgd_torch = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    each, ours, theirs = "our BatchNorm, each layer compiled", "model compiled, our BatchNorm", \
+        "model compiled, nn.BatchNorm2d"
     norms = {"nn.BatchNorm2d": training_step(nn.BatchNorm2d, sgd_torch, xb, yb),
              "our BatchNorm": training_step(BatchNorm, sgd_torch, xb, yb),
-             "our BatchNorm, compiled": training_step(compiled_batchnorm, sgd_torch, xb, yb,
-                                                      "our BatchNorm, compiled"),
+             each: training_step(compiled_batchnorm, sgd_torch, xb, yb, each),
+             ours: training_step(BatchNorm, sgd_torch, xb, yb, ours, compile_model=True),
+             theirs: training_step(nn.BatchNorm2d, sgd_torch, xb, yb, theirs, compile_model=True),
              "our RunningBatchNorm": training_step(RunningBatchNorm, sgd_torch, xb, yb)}
-    table("Normalisation: one training step of the CNN (torch SGD)", compare(norms, rounds, steps, device),
-          "nn.BatchNorm2d")
-    print(f"\nCompiling the CNN's three BatchNorm layers (first step): "
-          f"{COMPILE_SECONDS['our BatchNorm, compiled']:.1f} s.")
+    rows = compare(norms, rounds, steps, device)
+    table("Normalisation: one training step of the CNN (torch SGD)", rows, "nn.BatchNorm2d")
+    same_compile = statistics.median(r for r in ROUND_RATIOS[ours, theirs])
+    print(f"\n{ours} / {theirs} (the same compilation, only the BatchNorm differs): median of the "
+          f"per-round ratios {same_compile:.2f}×.")
+    print("\nCompile time (first step): " + "; ".join(f"{name} {COMPILE_SECONDS[name]:.1f} s"
+                                                      for name in (each, ours, theirs)) + ".")
 
     torch.manual_seed(0)
     x = torch.randn(64, 32, 14, 14, device=device, requires_grad=True)
     ours, theirs = BatchNorm(32).to(device), nn.BatchNorm2d(32).to(device)
-    compiled = torch.compile(BatchNorm(32).to(device), dynamic=False)
+    compiled_layer = compiled(BatchNorm(32).to(device))
     start = time.perf_counter()
-    layer_step(compiled, x)()
+    layer_step(compiled_layer, x)()
     synchronize(device)
     compile_seconds = time.perf_counter() - start
     layers = {"nn.BatchNorm2d": layer_step(theirs, x), "our BatchNorm": layer_step(ours, x),
-              "our BatchNorm, compiled": layer_step(compiled, x)}
+              "our BatchNorm, compiled": layer_step(compiled_layer, x)}
     table(f"BatchNorm alone, forward+backward, input {tuple(x.shape)}",
           compare(layers, rounds, steps, device), "nn.BatchNorm2d")
     print(f"\nCompile time of the layer alone (first call): {compile_seconds:.1f} s.")
@@ -155,4 +179,6 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--python-wrapper", action="store_true",
+                        help="compile with default options (a Python wrapper around the kernels)")
     main(**vars(parser.parse_args()))

@@ -1,17 +1,23 @@
 #!/usr/bin/env python
-"""Our from-scratch LSTM (exp.rnn.LSTM), eager and torch.compile'd, vs PyTorch's nn.LSTM: time per training
-step, in one run.
+"""Our from-scratch LSTMs (exp.rnn.LSTM, exp.rnn.BPTTLSTM), eager and torch.compile'd, vs PyTorch's nn.LSTM:
+time per training step, in one run.
 
-    python benchmarks/rnn.py [--rounds 9] [--threads 1] [--device cpu|cuda]
+    python benchmarks/rnn.py [--rounds 9] [--threads 1] [--device cpu|cuda] [--python-wrapper]
 
 A training step: forward a batch-first sequence through the LSTM and a linear head, an MSE loss on
 every step's output, backward, one SGD step. Contenders, with the same initial weights and data:
-  ours        exp.rnn.LSTM: our cell's equations on torch tensors, a Python loop over time and layers
+  ours        exp.rnn.LSTM: our cell's equations on torch tensors, a Python loop over time and layers;
+              autograd records every operation of every step
+  BPTTLSTM    exp.rnn.BPTTLSTM: the same loop with backpropagation through time written by hand (12):
+              the input projection and the weight gradients in one product over all steps
   LSTMCell    nn.LSTMCell in the same Python loop (PyTorch's fused cell, our loop: splits the gap
               into "per-step kernels" and "the loop")
   nn.LSTM     PyTorch's whole-sequence module (one call, its own fused CPU kernels)
-  compiled    torch.compile(ours): the loop over time unrolled into one graph, the gates' pointwise
-              operations fused (compile time measured separately, on the first step, and printed)
+  ... compiled  torch.compile of ours or of BPTTLSTM: the loop over time unrolled into one graph, the
+              gates' pointwise operations fused, with options={"cpp_wrapper": True} (TorchInductor calls
+              its kernels from generated C++, not Python: a step is hundreds of small calls);
+              --python-wrapper compiles with the default options instead. Compile time is measured
+              separately, on the first step, and printed.
 They run interleaved, in a rotating order, round after round, after an untimed warm-up; we quote the
 median time per step and the median of the per-round ratios to nn.LSTM. All contenders are torch in
 one process (one thread pool). Prints a markdown table.
@@ -31,7 +37,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from exp.rnn import LSTM, copy_from_torch  # noqa: E402
+from exp.rnn import BPTTLSTM, LSTM, copy_from_torch  # noqa: E402
 
 SHAPES = [  # batch, time steps, input size, hidden size, layers
     (32, 35, 32, 64, 1),
@@ -57,13 +63,17 @@ class CellLoop(nn.Module):
         return x, None
 
 
-def contenders(batch, steps, input_size, hidden_size, layers, device):
+CONTENDERS = ["nn.LSTM", "ours", "ours compiled", "BPTTLSTM", "BPTTLSTM compiled", "LSTMCell"]
+COMPILED = [name for name in CONTENDERS if name.endswith("compiled")]
+
+
+def contenders(batch, steps, input_size, hidden_size, layers, device, compile_options):
     "name -> a function doing one training step; all start from the same weights."
     torch.manual_seed(0)
     reference = nn.LSTM(input_size, hidden_size, layers, batch_first=True)
     head = nn.Linear(hidden_size, input_size)
-    ours = copy_from_torch(LSTM(input_size, hidden_size, layers), reference)
-    compiled = torch.compile(copy_from_torch(LSTM(input_size, hidden_size, layers), reference).to(device))
+    def copy(kind): return copy_from_torch(kind(input_size, hidden_size, layers), reference).to(device)
+    def compiled(kind): return torch.compile(copy(kind), options=compile_options)
     cell_loop = CellLoop(input_size, hidden_size, layers)
     with torch.no_grad():
         for k, cell in enumerate(cell_loop.cells):
@@ -86,8 +96,12 @@ def contenders(batch, steps, input_size, hidden_size, layers, device):
             return loss.item()
         return step
 
-    return {"ours": trainer(ours), "LSTMCell": trainer(cell_loop), "nn.LSTM": trainer(reference),
-            "compiled": trainer(compiled)}
+    steps = {"nn.LSTM": trainer(reference),
+             "ours": trainer(copy(LSTM)), "ours compiled": trainer(compiled(LSTM)),
+             "BPTTLSTM": trainer(copy(BPTTLSTM)), "BPTTLSTM compiled": trainer(compiled(BPTTLSTM)),
+             "LSTMCell": trainer(cell_loop)}
+    assert list(steps) == CONTENDERS
+    return steps
 
 
 def time_steps(step, n):
@@ -96,14 +110,14 @@ def time_steps(step, n):
     return (time.perf_counter() - start) / n
 
 
-def measure(shape, rounds, inner, device):
-    "Per-round seconds per step of each contender, and the compile time of the compiled one."
-    steps = contenders(*shape, device)
-    first_losses = {}
-    for name, step in steps.items():  # warm-up, a sanity check, and the compile
+def measure(shape, rounds, inner, device, compile_options):
+    "Per-round seconds per step of each contender, and the compile time of the compiled ones."
+    steps = contenders(*shape, device, compile_options)
+    first_losses, compile_seconds = {}, {}
+    for name, step in steps.items():  # warm-up, a sanity check, and the compiles
         start = time.perf_counter()
         first_losses[name] = step()
-        if name == "compiled": compile_seconds = time.perf_counter() - start
+        if name in COMPILED: compile_seconds[name] = time.perf_counter() - start
     assert max(first_losses.values()) - min(first_losses.values()) < 1e-4, first_losses
     names, times = list(steps), {name: [] for name in steps}
     for r in range(rounds):
@@ -112,31 +126,37 @@ def measure(shape, rounds, inner, device):
     return times, compile_seconds
 
 
-def main(rounds=9, inner=3, threads=1, device="cpu"):
+def main(rounds=9, inner=3, threads=1, device="cpu", python_wrapper=False):
     torch.set_num_threads(threads)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available on this machine")
+    compile_options = None if python_wrapper else {"cpp_wrapper": True}
     load_before = os.getloadavg()
-    lines = [f"`{shlex.join(['python', *sys.argv])}`", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
-             f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}; load average "
-             f"before {load_before[0]:.1f}",
-             "", f"Median time per training step over {rounds} interleaved rounds of {inner} steps; "
-             "ratio = median of the per-round ratios to nn.LSTM.", "",
-             "| batch, steps, input, hidden, layers | ours (ms) | ours compiled (ms) | LSTMCell loop (ms) "
-             "| nn.LSTM (ms) | ours / nn.LSTM | compiled / nn.LSTM | LSTMCell loop / nn.LSTM | compile (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    names = ["ours", "ours compiled", "BPTTLSTM", "BPTTLSTM compiled", "LSTMCell loop"]
+    def row(shape, values): return "| " + " | ".join([", ".join(map(str, shape)), *values]) + " |"
+    def header(first): return [f"| batch, steps, input, hidden, layers | {' | '.join(first)} |",
+                               "|---" * (len(first) + 1) + "|"]
+    times_table = header(["nn.LSTM", *names])
+    ratio_table = header(names)
+    compile_table = header(COMPILED)
     for shape in SHAPES:
-        times, compile_seconds = measure(shape, rounds, inner, device)
+        times, compile_seconds = measure(shape, rounds, inner, device, compile_options)
         med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
         peer = times["nn.LSTM"]
         ratio = {name: statistics.median(a / b for a, b in zip(ts, peer)) for name, ts in times.items()}
-        lines.append(f"| {', '.join(map(str, shape))} | {med['ours']:.1f} | {med['compiled']:.1f} "
-                     f"| {med['LSTMCell']:.1f} | {med['nn.LSTM']:.1f} | {ratio['ours']:.2f}x "
-                     f"| {ratio['compiled']:.2f}x | {ratio['LSTMCell']:.2f}x | {compile_seconds:.1f} |")
-        print(lines[-1], file=sys.stderr)
-    lines += ["", f"Load average after: {os.getloadavg()[0]:.1f}"]
+        times_table.append(row(shape, [f"{med[name]:.1f}" for name in CONTENDERS]))
+        ratio_table.append(row(shape, [f"{ratio[name]:.2f}x" for name in CONTENDERS[1:]]))
+        compile_table.append(row(shape, [f"{compile_seconds[name]:.1f}" for name in COMPILED]))
+        print(times_table[-1], ratio_table[-1], sep="\n", file=sys.stderr)
+    lines = [f"`{shlex.join(['python', *sys.argv])}`", "",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
+             f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}; load average "
+             f"before {load_before[0]:.1f}; compiled with options={compile_options}",
+             "", f"Median time per training step (ms) over {rounds} interleaved rounds of {inner} steps:", "",
+             *times_table, "", "Ratio to nn.LSTM (median of the per-round ratios):", "", *ratio_table, "",
+             "Compile time (s): the first training step of each compiled contender:", "", *compile_table, "",
+             f"Load average after: {os.getloadavg()[0]:.1f}"]
     print("\n".join(lines))
 
 
@@ -147,4 +167,6 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 suits a shared 2-core machine)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--python-wrapper", action="store_true",
+                        help="compile with default options (a Python wrapper around the kernels)")
     main(**vars(parser.parse_args()))

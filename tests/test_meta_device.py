@@ -75,7 +75,7 @@ def test_xresnets_on_meta():
     assert forward_backward(xresnet18(n_out=7), torch.randn(2, 3, 64, 64)).shape == (2, 7)
 
 
-@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU", "BPTTLSTM"])
 def test_recurrent_layers_on_meta(name):
     import exp.rnn
     layer = getattr(exp.rnn, name)(5, 7, num_layers=2)

@@ -6,6 +6,7 @@ from torch import nn
 
 from exp.learner import Callback, Learner
 from exp.rnn import (
+    BPTTLSTM,
     GRU,
     LSTM,
     RNN,
@@ -13,6 +14,7 @@ from exp.rnn import (
     CharVocab,
     GRUCell,
     LSTMCell,
+    LSTMLayerBPTT,
     ResetStateCallback,
     RNNCell,
     SequenceLoader,
@@ -80,6 +82,48 @@ def test_sequence_modules_equal_torch(kind, options, layers):
         test_near(x_grad, t_x_grad)
         assert grads.keys() == t_grads.keys()
         for name in t_grads: test_near(grads[name], t_grads[name])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_lstm_layer_bptt_gradients_match_numerical_differentiation(bias):
+    "Every input's gradient, of every output (sequence, h_n, c_n), against finite differences in float64."
+    generator = torch.Generator().manual_seed(2)
+    shapes = [(2, 4, 3), (2, 5), (2, 5), (20, 3), (20, 5)] + ([(20,)] if bias else [])
+    args = [torch.randn(s, dtype=torch.float64, generator=generator, requires_grad=True) for s in shapes]
+    assert torch.autograd.gradcheck(lambda *a: LSTMLayerBPTT.apply(*a, *([] if bias else [None])), args)
+
+
+@pytest.mark.parametrize("layers,bias", [(1, True), (2, True), (2, False)])
+def test_bptt_lstm_equals_torch_lstm(layers, bias):
+    torch.manual_seed(layers)
+    theirs = nn.LSTM(INPUT, HIDDEN, num_layers=layers, batch_first=True, bias=bias)
+    ours = copy_from_torch(BPTTLSTM(INPUT, HIDDEN, num_layers=layers, bias=bias), theirs)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(BATCH, STEPS, INPUT, generator=generator)
+    for state in (None, initial_state(nn.LSTM, layers, generator)):
+        for p in list(ours.parameters()) + list(theirs.parameters()): p.grad = None
+        (out, finals, x_grad, grads), (t_out, t_finals, t_x_grad, t_grads) = run_both(ours, theirs, x, state)
+        test_near(out, t_out)
+        for a, b in zip(finals, t_finals, strict=True): test_near(a, b)
+        test_near(x_grad, t_x_grad)
+        assert grads.keys() == t_grads.keys()
+        for name in t_grads: test_near(grads[name], t_grads[name])
+
+
+def test_bptt_lstm_initial_state_gets_its_gradient_and_data_needs_none():
+    torch.manual_seed(0)
+    theirs = nn.LSTM(INPUT, HIDDEN, batch_first=True)
+    ours = copy_from_torch(BPTTLSTM(INPUT, HIDDEN), theirs)
+    x = torch.randn(BATCH, STEPS, INPUT)  # data: no gradient asked for
+    grads = []
+    for module in (ours, theirs):
+        h0, c0 = (torch.randn(1, BATCH, HIDDEN, generator=torch.Generator().manual_seed(k)).requires_grad_()
+                  for k in (3, 4))
+        out, _ = module(x, (h0, c0))
+        out.pow(2).sum().backward()
+        grads.append((h0.grad, c0.grad))
+    assert x.grad is None
+    for a, b in zip(*grads): test_near(a, b)
 
 
 @pytest.mark.parametrize("ours_class,theirs_class",
