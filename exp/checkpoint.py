@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .atomic import write_atomically
-from .learner import Callback, Learner
+from .learner import Callback, Learner, _add_to
 from .training import DataLoaders
 
 # %% nbs/14_checkpoint.ipynb cell 6
@@ -224,20 +224,12 @@ class _SkipFirstBatches:
         yield from batches
 
 # %% nbs/14_checkpoint.ipynb cell 30
-def _add_to_learner(name):
-    "Make the decorated function the Learner's method `name` (lesson 04's class, grown by a later lesson)."
-    def add(func):
-        func.__name__, func.__qualname__ = name, f"Learner.{name}"
-        setattr(Learner, name, func)
-        return func
-    return add
-
-@_add_to_learner("save")
+@_add_to(Learner, "save")
 def _save(self, path):
     "Save the model, optimizer state, counters, metrics log and RNG states to `path`, atomically."
     return save_checkpoint(self, path)
 
-@_add_to_learner("load")
+@_add_to(Learner, "load")
 def _load(self, path, with_opt=True):
     "Restore what `save` wrote (read with `torch.load(weights_only=True)`); returns the learner."
     load_checkpoint(self, path, with_opt=with_opt)
