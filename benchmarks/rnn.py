@@ -3,6 +3,7 @@
 time per training step, in one run.
 
     python benchmarks/rnn.py [--rounds 9] [--threads 1] [--device cpu|cuda] [--python-wrapper]
+                             [--shape BATCH,STEPS,INPUT,HIDDEN,LAYERS ...]
 
 A training step: forward a batch-first sequence through the LSTM and a linear head, an MSE loss on
 every step's output, backward, one SGD step. Contenders, with the same initial weights and data:
@@ -43,6 +44,16 @@ SHAPES = [  # batch, time steps, input size, hidden size, layers
     (32, 35, 32, 64, 1),
     (32, 35, 128, 256, 2),
 ]
+
+
+def parse_shape(text):
+    "`32,35,32,64,1` -> (32, 35, 32, 64, 1), for --shape."
+    try: shape = tuple(int(v) for v in text.split(","))
+    except ValueError: shape = ()
+    if len(shape) != 5 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give five positive integers, "
+                                         "batch,steps,input,hidden,layers (e.g. 32,35,32,64,1)")
+    return shape
 
 
 class CellLoop(nn.Module):
@@ -126,7 +137,7 @@ def measure(shape, rounds, inner, device, compile_options):
     return times, compile_seconds
 
 
-def main(rounds=9, inner=3, threads=1, device="cpu", python_wrapper=False):
+def main(rounds=9, inner=3, threads=1, device="cpu", python_wrapper=False, shape=None):
     torch.set_num_threads(threads)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -140,7 +151,7 @@ def main(rounds=9, inner=3, threads=1, device="cpu", python_wrapper=False):
     times_table = header(["nn.LSTM", *names])
     ratio_table = header(names)
     compile_table = header(COMPILED)
-    for shape in SHAPES:
+    for shape in shape or SHAPES:
         times, compile_seconds = measure(shape, rounds, inner, device, compile_options)
         med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
         peer = times["nn.LSTM"]
@@ -167,6 +178,8 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 suits a shared 2-core machine)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--shape", type=parse_shape, action="append",
+                        help="batch,steps,input,hidden,layers (repeatable; default: the two SHAPES)")
     parser.add_argument("--python-wrapper", action="store_true",
                         help="compile with default options (a Python wrapper around the kernels)")
     main(**vars(parser.parse_args()))

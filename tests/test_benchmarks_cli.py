@@ -84,6 +84,19 @@ def test_train_loop_runs_on_the_cpu_and_writes_where_told(tmp_path):
     assert "The Learner's own cost per batch" in text
 
 
+def test_rnn_refuses_a_malformed_shape_before_any_work():
+    result = run_benchmark("rnn", "--shape", "32,35,x", timeout=120)
+    assert result.returncode == 2 and "give five positive integers" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_rnn_shape_parsing():
+    import rnn
+    assert rnn.parse_shape("32,35,32,64,1") == (32, 35, 32, 64, 1)
+    for bad in ("32,35,32,64", "32,35,32,64,0", "a,b,c,d,e"):
+        with pytest.raises(Exception, match="five positive integers"): rnn.parse_shape(bad)
+
+
 # ---------------------------------------------------------------- benchmarks/gpu.sh
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="gpu.sh needs bash and coreutils' timeout")
