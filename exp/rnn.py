@@ -213,6 +213,9 @@ class LSTMLayerBPTT(torch.autograd.Function):
     (or None)."""
     @staticmethod
     def forward(ctx, x, h, c, weight_ih, weight_hh, bias):
+        if x.dim() != 3 or x.shape[1] == 0 or x.shape[2] != weight_ih.shape[1]:
+            raise ValueError(f"expected a batch-first sequence (batch, time >= 1, {weight_ih.shape[1]} "
+                             f"features), got shape {tuple(x.shape)}")
         batch, steps, _ = x.shape
         # The input's share of every gate does not depend on the state: one product for all steps.
         x_gates = linear(x.reshape(batch * steps, -1), weight_ih, bias).view(batch, steps, -1)
@@ -256,7 +259,7 @@ class BPTTLSTM(LSTM):
     "Our `LSTM`, each layer run by `LSTMLayerBPTT`: the same parameters and results, a faster backward."
     def forward(self, x, state=None):
         "`(output, (h_n, c_n))` for `x` of shape (batch, time, features), as `LSTM`."
-        states = [cell.zero_state(x[:, 0]) for cell in self.cells] if state is None else split_layers(state)
+        states = [cell.zero_state(x) for cell in self.cells] if state is None else split_layers(state)
         finals = []
         for cell, (h, c) in zip(self.cells, states):
             bias = None if cell.bias_ih is None else cell.bias_ih + cell.bias_hh

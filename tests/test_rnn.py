@@ -1,5 +1,7 @@
 """The from-scratch RNN/LSTM/GRU against PyTorch's, and truncated BPTT's detaching."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -108,6 +110,13 @@ def test_bptt_lstm_equals_torch_lstm(layers, bias):
         test_near(x_grad, t_x_grad)
         assert grads.keys() == t_grads.keys()
         for name in t_grads: test_near(grads[name], t_grads[name])
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (3, 0, INPUT), (3, 6, INPUT + 1)])
+def test_bptt_lstm_names_a_wrong_input_shape(shape):
+    expected = f"(batch, time >= 1, {INPUT} features), got shape {tuple(shape)}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        BPTTLSTM(INPUT, HIDDEN)(torch.randn(shape))
 
 
 def test_bptt_lstm_initial_state_gets_its_gradient_and_data_needs_none():
