@@ -32,29 +32,29 @@ from exp.norm import BatchNorm, RunningBatchNorm
 from exp.optimizers import SGD, AdamW
 
 COMPILE_SECONDS = {}  # contender -> seconds of its first (compiling) call
-COMPILE_OPTIONS = {"cpp_wrapper": True}  # main() sets None for --python-wrapper
+CPP_WRAPPER = {"cpp_wrapper": True}  # the compile options, unless --python-wrapper (then None)
 
 
-def compiled(module):
+def compiled(module, options):
     "`module` under torch.compile: one static graph per shape, fused kernels forward and backward."
-    return torch.compile(module, dynamic=False, options=COMPILE_OPTIONS)
+    return torch.compile(module, dynamic=False, options=options)
 
 
-def compiled_batchnorm(n_channels):
+def compiled_batchnorm(n_channels, options):
     "Our BatchNorm layer, compiled on its own."
-    return compiled(BatchNorm(n_channels))
+    return compiled(BatchNorm(n_channels), options)
 
 
 def synchronize(device):
     if device.type == "cuda": torch.cuda.synchronize()
 
 
-def training_step(norm, opt_func, xb, yb, name=None, compile_model=False):
-    "A function doing one training step of the digits CNN with `norm` layers and `opt_func`."
+def training_step(norm, opt_func, xb, yb, name=None, compile_model=False, options=None):
+    "A function doing one training step of the digits CNN with `norm` layers and `opt_func`, maybe compiled."
     torch.manual_seed(0)
     model = init_cnn(get_cnn_model((16, 32, 64), norm=norm)).to(xb.device)
     opt = opt_func(model.parameters())
-    forward = compiled(model) if compile_model else model
+    forward = compiled(model, options) if compile_model else model
     def step():
         F.cross_entropy(forward(xb), yb).backward()
         opt.step()
@@ -104,8 +104,7 @@ def table(title, rows, peer):
 
 
 def main(rounds=7, steps=20, threads=1, batch_size=64, device="cpu", python_wrapper=False):
-    global COMPILE_OPTIONS
-    if python_wrapper: COMPILE_OPTIONS = None
+    options = None if python_wrapper else CPP_WRAPPER
     torch.set_num_threads(threads)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -116,16 +115,17 @@ def main(rounds=7, steps=20, threads=1, batch_size=64, device="cpu", python_wrap
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores (shared), "
           f"{threads} torch thread(s), device {device}, load average {os.getloadavg()[0]:.1f}; "
           f"data {dataset_name()}, batch {batch_size}; median of {rounds} interleaved rounds × {steps} calls;"
-          f" compiled with options={COMPILE_OPTIONS}")
+          f" compiled with options={options}")
 
     sgd_torch = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-4)
     each, ours, theirs = "our BatchNorm, each layer compiled", "model compiled, our BatchNorm", \
         "model compiled, nn.BatchNorm2d"
     norms = {"nn.BatchNorm2d": training_step(nn.BatchNorm2d, sgd_torch, xb, yb),
              "our BatchNorm": training_step(BatchNorm, sgd_torch, xb, yb),
-             each: training_step(compiled_batchnorm, sgd_torch, xb, yb, each),
-             ours: training_step(BatchNorm, sgd_torch, xb, yb, ours, compile_model=True),
-             theirs: training_step(nn.BatchNorm2d, sgd_torch, xb, yb, theirs, compile_model=True),
+             each: training_step(partial(compiled_batchnorm, options=options), sgd_torch, xb, yb, each),
+             ours: training_step(BatchNorm, sgd_torch, xb, yb, ours, compile_model=True, options=options),
+             theirs: training_step(nn.BatchNorm2d, sgd_torch, xb, yb, theirs, compile_model=True,
+                                   options=options),
              "our RunningBatchNorm": training_step(RunningBatchNorm, sgd_torch, xb, yb)}
     rows = compare(norms, rounds, steps, device)
     table("Normalisation: one training step of the CNN (torch SGD)", rows, "nn.BatchNorm2d")
@@ -138,7 +138,7 @@ def main(rounds=7, steps=20, threads=1, batch_size=64, device="cpu", python_wrap
     torch.manual_seed(0)
     x = torch.randn(64, 32, 14, 14, device=device, requires_grad=True)
     ours, theirs = BatchNorm(32).to(device), nn.BatchNorm2d(32).to(device)
-    compiled_layer = compiled(BatchNorm(32).to(device))
+    compiled_layer = compiled(BatchNorm(32).to(device), options)
     start = time.perf_counter()
     layer_step(compiled_layer, x)()
     synchronize(device)
