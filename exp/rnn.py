@@ -2,7 +2,7 @@
 
 __all__ = ['linear', 'split_gates', 'RecurrentCell', 'RNNCell', 'lstm_step', 'LSTMCell', 'GRUCell',
            'split_layers', 'stack_layers', 'Recurrent', 'RNN', 'LSTM', 'GRU', 'torch_parameter_name',
-           'copy_parameters', 'copy_from_torch', 'copy_to_torch', 'TORCH_TWINS', 'from_torch',
+           'copy_parameters', 'copy_from_torch', 'copy_to_torch', 'TORCH_TWINS', 'from_torch', 'gate_tanh',
            'LSTMLayerBPTT', 'BPTTLSTM', 'SequenceLoader', 'detach_state', 'graph_size', 'Stateful',
            'ResetStateCallback', 'sequence_loss', 'CharVocab', 'CharModel', 'sample']
 
@@ -206,7 +206,12 @@ def from_torch(theirs):
     else: ours = kind(theirs.input_size, theirs.hidden_size, bias, **options)
     return copy_from_torch(ours, theirs)
 
-# %% nbs/12_rnn.ipynb cell 41
+# %% nbs/12_rnn.ipynb cell 43
+def gate_tanh(x):
+    "tanh(x) for the LSTM layer: `2σ(2x) - 1` when compiled (the cheaper loop), one `tanh` call eagerly."
+    return 2 * torch.sigmoid(2 * x) - 1 if torch.compiler.is_compiling() else x.tanh()
+
+# %% nbs/12_rnn.ipynb cell 46
 class LSTMLayerBPTT(torch.autograd.Function):
     """One LSTM layer over a whole batch-first sequence, with backpropagation through time written by hand.
     `apply(x, h0, c0, weight_ih, weight_hh, bias)` -> `(output, h_n, c_n)`; `bias` is `bias_ih + bias_hh`
@@ -222,9 +227,9 @@ class LSTMLayerBPTT(torch.autograd.Function):
         hs, cs, gates = [h], [c], []
         for t in range(steps):
             i, f, g, o = split_gates(torch.addmm(x_gates[:, t], h, weight_hh.T), 4)
-            i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+            i, f, g, o = i.sigmoid(), f.sigmoid(), gate_tanh(g), o.sigmoid()
             c = f * c + i * g
-            h = o * c.tanh()
+            h = o * gate_tanh(c)
             hs.append(h)
             cs.append(c)
             gates.append(torch.cat([i, f, g, o], dim=1))
@@ -241,7 +246,7 @@ class LSTMLayerBPTT(torch.autograd.Function):
         for t in reversed(range(steps)):
             i, f, g, o = split_gates(gates[:, t], 4)
             d_h = d_h + d_out[:, t]  # h_t feeds the output and the next step
-            tanh_c = cs[:, t + 1].tanh()
+            tanh_c = gate_tanh(cs[:, t + 1])
             d_c = d_c + d_h * o * (1 - tanh_c * tanh_c)  # c_t feeds h_t and the next step
             # Through h = o·tanh(c), c = f·c_prev + i·g to the pre-activations: σ' = σ(1-σ), tanh' = 1-tanh².
             d_gates[t] = torch.cat([d_c * g * i * (1 - i), d_c * cs[:, t] * f * (1 - f),
@@ -267,7 +272,7 @@ class BPTTLSTM(LSTM):
             finals.append((h, c))
         return x, stack_layers(finals)
 
-# %% nbs/12_rnn.ipynb cell 50
+# %% nbs/12_rnn.ipynb cell 55
 class SequenceLoader:
     """Consecutive windows `(x, y)` of `bptt` steps along `batch_size` parallel streams of one sequence; `y`
     is `x` one step later."""
@@ -286,7 +291,7 @@ class SequenceLoader:
         for start in range(0, self.steps, self.bptt):
             yield self.inputs[:, start:start + self.bptt], self.targets[:, start:start + self.bptt]
 
-# %% nbs/12_rnn.ipynb cell 53
+# %% nbs/12_rnn.ipynb cell 58
 def detach_state(state):
     "The state's values without its history (a tensor, or a tuple of them), so backward stops here."
     if isinstance(state, tuple): return tuple(detach_state(s) for s in state)
@@ -302,7 +307,7 @@ def graph_size(tensor):
         todo.extend(next_node for next_node, _ in node.next_functions)
     return len(seen)
 
-# %% nbs/12_rnn.ipynb cell 62
+# %% nbs/12_rnn.ipynb cell 67
 class Stateful(nn.Module):
     """Wraps `model(x, state) -> (output, state)`: carries the state from call to call, detached (truncated
     BPTT)."""
@@ -330,7 +335,7 @@ def sequence_loss(preds, targets):
     if targets.is_floating_point(): return F.mse_loss(preds, targets)
     return F.cross_entropy(preds.flatten(0, -2), targets.flatten())
 
-# %% nbs/12_rnn.ipynb cell 68
+# %% nbs/12_rnn.ipynb cell 73
 class CharVocab:
     "The characters of a text, each with an index."
     def __init__(self, text):

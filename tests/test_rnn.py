@@ -25,6 +25,7 @@ from exp.rnn import (
     copy_to_torch,
     detach_state,
     from_torch,
+    gate_tanh,
     graph_size,
     lstm_step,
     sample,
@@ -110,6 +111,46 @@ def test_bptt_lstm_equals_torch_lstm(layers, bias):
         test_near(x_grad, t_x_grad)
         assert grads.keys() == t_grads.keys()
         for name in t_grads: test_near(grads[name], t_grads[name])
+
+
+def graph_targets(fn, *args):
+    "The operations `torch.compile` traces `fn` into (an FX graph, run as traced, nothing compiled)."
+    targets = []
+    def capture(gm, example_inputs):
+        targets.extend(node.target for node in gm.graph.nodes if node.op == "call_function")
+        return gm
+    torch._dynamo.reset()
+    torch.compile(fn, backend=capture)(*args)
+    return targets
+
+
+def test_gate_tanh_is_tanh_traced_as_a_sigmoid_when_compiled():
+    x = torch.linspace(-12, 12, 2001)
+    assert torch.equal(gate_tanh(x), x.tanh())  # eagerly: tanh's own kernel
+    targets = graph_targets(gate_tanh, x)
+    assert torch.sigmoid in targets and torch.tanh not in targets, targets
+    test_near(torch.compile(gate_tanh, backend="aot_eager")(x), x.tanh())
+    x64 = x.double()
+    assert (2 * torch.sigmoid(2 * x64) - 1 - x64.tanh()).abs().max() < 1e-15
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_compiled_bptt_lstm_equals_torch_lstm(layers):
+    "The traced forward and backward (sigmoid-form tanh) against nn.LSTM; AOTAutograd runs them as traced."
+    torch.manual_seed(layers)
+    theirs = nn.LSTM(INPUT, HIDDEN, num_layers=layers, batch_first=True)
+    ours = copy_from_torch(BPTTLSTM(INPUT, HIDDEN, num_layers=layers), theirs)
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, backend="aot_eager")
+    x = torch.randn(BATCH, STEPS, INPUT, generator=torch.Generator().manual_seed(1))
+    state = initial_state(nn.LSTM, layers, torch.Generator().manual_seed(2))
+    (out, finals, x_grad, _), (t_out, t_finals, t_x_grad, t_grads) = run_both(compiled, theirs, x, state)
+    test_near(out, t_out)
+    for a, b in zip(finals, t_finals, strict=True): test_near(a, b)
+    test_near(x_grad, t_x_grad)
+    grads = {torch_parameter_name(n): p.grad for n, p in ours.named_parameters()}  # compiled shares them
+    assert grads.keys() == t_grads.keys()
+    for name in t_grads: test_near(grads[name], t_grads[name])
 
 
 @pytest.mark.parametrize("shape", [(3, 4), (3, 0, INPUT), (3, 6, INPUT + 1)])
