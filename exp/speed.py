@@ -119,7 +119,8 @@ def train_speedrun(x_train, y_train, x_valid, y_valid, model, epochs=3.0, batch_
     if use_bf16 is None: use_bf16 = bf16_supported(x_train.device)
     batches = DeviceBatches(x_train, y_train, batch_size, drop_last=True, seed=seed)
     total = max(1, round(epochs * len(batches)))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay,
+                          foreach=True)  # on the CPU the default is a Python loop over the parameters
     scheds, shifts = one_cycle(lr), torch.Generator(device=x_train.device).manual_seed(seed)
     step, losses = 0, []
     model.train()
