@@ -141,7 +141,7 @@ def test_compiled_bptt_lstm_equals_torch_lstm(layers):
     theirs = nn.LSTM(INPUT, HIDDEN, num_layers=layers, batch_first=True)
     ours = copy_from_torch(BPTTLSTM(INPUT, HIDDEN, num_layers=layers), theirs)
     torch._dynamo.reset()
-    compiled = torch.compile(ours, backend="aot_eager")
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)  # a graph break would run eagerly
     x = torch.randn(BATCH, STEPS, INPUT, generator=torch.Generator().manual_seed(1))
     state = initial_state(nn.LSTM, layers, torch.Generator().manual_seed(2))
     (out, finals, x_grad, _), (t_out, t_finals, t_x_grad, t_grads) = run_both(compiled, theirs, x, state)
